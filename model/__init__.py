@@ -1,0 +1,1 @@
+"""The CMATH model (Cross-Modality Augmented Transformer with Hierarchical Variational Distillation)."""

@@ -1,0 +1,270 @@
+"""Reader of the raw MELD release (`MELD.Raw`): three `*_sent_emo.csv` files plus one clip folder per split.
+
+What the real files hold, and what this module does about it (facts from the published CSVs):
+- the first release stores cp1252 punctuation as C1 control characters inside UTF-8 (`\\x92` for ’),
+  in both the Utterance and the Speaker columns; later copies are re-encoded to clean UTF-8 with
+  CRLF line ends. Both are read; C1 characters are mapped through cp1252 and no-break spaces become
+  spaces, after which the two encodings give identical rows.
+- `Sr No.` repeats, so an utterance is keyed by (split, Dialogue_ID, Utterance_ID); its clip is
+  `dia{D}_utt{U}.mp4` in the split's folder, which some copies nest one level deeper.
+- times come as `HH:MM:SS,mmm`, `H:MM:SS,mmm` and `HH:MM:SS,mm`.
+- clip folders hold macOS `._*` files and clips without a label row: reported, not read.
+- a missing or undecodable clip is flagged on its utterance, whose text still counts.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.corpora import register_corpus
+from pipeline.errors import CorpusFormatError
+from pipeline.fingerprint import Fingerprint, content_fingerprint, media_fingerprint, relative_to_root
+from pipeline.manifest import CorpusReadResult, Utterance, check_unique_ids
+from pipeline.media import MediaProbe, probe_media
+
+EMOTIONS = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]  # MELD baseline order
+SENTIMENTS = ["neutral", "positive", "negative"]
+COLUMNS = [
+    "Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID",
+    "Utterance_ID", "Season", "Episode", "StartTime", "EndTime",
+]
+CSV_FILES = {"train": "train_sent_emo.csv", "dev": "dev_sent_emo.csv", "test": "test_sent_emo.csv"}
+CLIP_FOLDERS = {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}
+LONG_SPAN_S = 60.0  # real outliers (305 s, 235 s) are mis-cut clips; flag them for the extractors
+
+_TIME = re.compile(r"^(\d{1,2}):(\d{2}):(\d{2})[,.](\d{1,3})$")
+_CLIP = re.compile(r"^dia(\d+)_utt(\d+)\.mp4$")
+
+
+@dataclass
+class _Row:
+    split: str
+    line: int
+    dialogue: int
+    utterance: int
+    text: str
+    speaker: str
+    emotion: str
+    sentiment: str
+    season: int
+    episode: int
+    sr_no: str
+    start_s: float
+    end_s: float
+
+
+def repair_text(text: str) -> str:
+    """Undo the release's cp1252-in-UTF-8 damage: C1 controls -> cp1252 punctuation, NBSP -> space."""
+    out = []
+    for char in text:
+        code = ord(char)
+        if 0x80 <= code <= 0x9F:
+            try:
+                char = bytes([code]).decode("cp1252")
+            except UnicodeDecodeError:  # 0x81, 0x8d, 0x8f, 0x90, 0x9d are unassigned in cp1252
+                char = ""
+        elif code == 0xA0:
+            char = " "
+        out.append(char)
+    return "".join(out).strip()
+
+
+def parse_time(value: str) -> float:
+    """Seconds from `H:MM:SS,mmm` (also `HH:` and a 2-digit fraction, read as a decimal fraction)."""
+    match = _TIME.match(value.strip())
+    if not match:
+        raise ValueError(f"unrecognised time {value!r} (expected HH:MM:SS,mmm)")
+    hours, minutes, seconds, fraction = match.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + int(seconds) + int(fraction) / 10 ** len(fraction)
+
+
+def _decode(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return raw.decode("cp1252", errors="strict")
+
+
+def _read_csv(path: Path, split: str) -> list[_Row]:
+    try:
+        text = _decode(path)
+    except UnicodeDecodeError as exc:
+        raise CorpusFormatError(path, f"neither UTF-8 nor cp1252 text ({exc.reason} at byte {exc.start})") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise CorpusFormatError(path, f"missing column(s) {missing}; expected header {','.join(COLUMNS)}", line=1)
+    rows = []
+    for record in reader:
+        line = reader.line_num
+        if None in record or any(record[c] is None for c in COLUMNS):
+            raise CorpusFormatError(path, "wrong number of fields", line=line)
+        emotion = record["Emotion"].strip().lower()
+        sentiment = record["Sentiment"].strip().lower()
+        if emotion not in EMOTIONS:
+            raise CorpusFormatError(path, f"unknown emotion {record['Emotion']!r}; expected one of {EMOTIONS}", line=line)
+        if sentiment not in SENTIMENTS:
+            raise CorpusFormatError(path, f"unknown sentiment {record['Sentiment']!r}; expected one of {SENTIMENTS}", line=line)
+        try:
+            rows.append(
+                _Row(
+                    split=split, line=line,
+                    dialogue=int(record["Dialogue_ID"]), utterance=int(record["Utterance_ID"]),
+                    text=repair_text(record["Utterance"]), speaker=repair_text(record["Speaker"]),
+                    emotion=emotion, sentiment=sentiment,
+                    season=int(record["Season"]), episode=int(record["Episode"]), sr_no=record["Sr No."].strip(),
+                    start_s=parse_time(record["StartTime"]), end_s=parse_time(record["EndTime"]),
+                )
+            )
+        except ValueError as exc:
+            raise CorpusFormatError(path, str(exc), line=line) from None
+    return rows
+
+
+def _find_unique(root: Path, name: str, want_dir: bool) -> Path | None:
+    """`name` directly under root or up to two folders deeper (copies of the release nest differently)."""
+    for depth in range(3):
+        pattern = "/".join(["*"] * depth + [name])
+        hits = sorted(p for p in root.glob(pattern) if p.is_dir() == want_dir and not p.name.startswith("._"))
+        if hits:
+            return hits[0]
+    return None
+
+
+def find_meld_root(root: Path) -> Path:
+    """The folder holding the three CSVs: `root` itself, `root/MELD.Raw`, or one level deeper."""
+    root = Path(root)
+    if not root.is_dir():
+        raise CorpusFormatError(root, "MELD root folder does not exist")
+    train_csv = _find_unique(root, CSV_FILES["train"], want_dir=False)
+    if train_csv is None:
+        raise CorpusFormatError(
+            root, f"not a MELD.Raw tree: no {CSV_FILES['train']} found here or up to two folders below"
+        )
+    meld_root = train_csv.parent
+    for split, name in CSV_FILES.items():
+        if not (meld_root / name).is_file():
+            raise CorpusFormatError(meld_root / name, f"MELD {split} CSV is missing beside {train_csv.name}")
+    return meld_root
+
+
+def _scan_clip_folder(folder: Path | None, meld_root: Path, split: str, result: CorpusReadResult) -> dict[tuple[int, int], Path]:
+    """Index `dia{D}_utt{U}.mp4` clips by (D, U); everything else in the folder is reported as ignored."""
+    clips: dict[tuple[int, int], Path] = {}
+    if folder is None:
+        return clips
+    for path in sorted(folder.iterdir()):
+        rel = relative_to_root(meld_root, path)
+        if path.name.startswith("._"):
+            result.ignore("macos_metadata_files", rel)
+        elif (match := _CLIP.match(path.name)) and path.is_file():
+            clips[(int(match[1]), int(match[2]))] = path
+        else:
+            result.ignore("files_not_named_like_clips", rel)
+    return clips
+
+
+def _media_fields(utt: Utterance, clip: Path | None, probe: MediaProbe | None, meld_root: Path) -> None:
+    if clip is None or probe is None:
+        utt.flag("missing_clip")
+        return
+    utt.sources.append(media_fingerprint(meld_root, clip, "media"))
+    rel = relative_to_root(meld_root, clip)
+    if not probe.readable:
+        utt.flag("unreadable_clip")
+        utt.attributes["clip_error"] = probe.error
+        return
+    if probe.has_audio:
+        utt.audio_path, utt.audio_start_s, utt.audio_end_s, utt.has_audio = rel, 0.0, probe.duration_s, True
+    else:
+        utt.flag("clip_without_audio_stream")
+    if probe.has_video:
+        utt.video_path, utt.video_start_s, utt.video_end_s, utt.has_video = rel, 0.0, probe.duration_s, True
+    else:
+        utt.flag("clip_without_video_stream")
+
+
+def _utterance(row: _Row, turn_index: int, labels: list[str], label_field: str, csv_fp: Fingerprint) -> Utterance:
+    label = getattr(row, label_field)
+    utt = Utterance(
+        corpus="meld", split=row.split,
+        dialogue_id=f"{row.split}_dia{row.dialogue}", turn_index=turn_index,
+        utterance_id=f"{row.split}_dia{row.dialogue}_utt{row.utterance}",
+        speaker=row.speaker, text=row.text, label=label, label_index=labels.index(label),
+        start_s=row.start_s, end_s=row.end_s,
+        audio_path=None, audio_start_s=None, audio_end_s=None,
+        video_path=None, video_start_s=None, video_end_s=None, video_region="full",
+        has_text=bool(row.text), has_audio=False, has_video=False,
+        sources=[csv_fp],
+        attributes={
+            "emotion": row.emotion, "sentiment": row.sentiment, "season": row.season,
+            "episode": row.episode, "sr_no": row.sr_no, "csv_line": row.line,
+        },
+    )
+    if not row.text:
+        utt.flag("empty_text")
+    if row.end_s < row.start_s:
+        utt.flag("end_before_start")
+    elif row.end_s - row.start_s > LONG_SPAN_S:
+        utt.flag("long_span")
+    return utt
+
+
+LABEL_POLICIES = {"emotion": EMOTIONS, "sentiment": SENTIMENTS}
+
+
+@register_corpus(
+    "meld", label_policies=LABEL_POLICIES, default_policy="emotion",
+    description="MELD (Friends TV series), MELD.Raw layout: *_sent_emo.csv + per-split mp4 clip folders",
+)
+def read_meld(root: Path, label_policy: str) -> CorpusReadResult:
+    labels = LABEL_POLICIES[label_policy]
+    meld_root = find_meld_root(root)
+    result = CorpusReadResult(
+        corpus="meld", label_policy=label_policy, label_names=labels, utterances=[],
+        split_rule="the release's own train/dev/test CSVs",
+    )
+    for split, csv_name in CSV_FILES.items():
+        csv_path = meld_root / csv_name
+        rows = _read_csv(csv_path, split)
+        result.utterances_seen += len(rows)
+        csv_fp = content_fingerprint(meld_root, csv_path, "labels")
+        result.raw_files.append(csv_fp)
+        folder = _find_unique(meld_root, CLIP_FOLDERS[split], want_dir=True)
+        if folder is None:
+            result.ignore("clip_folders_not_found", CLIP_FOLDERS[split])
+        clips = _scan_clip_folder(folder, meld_root, split, result)
+        labelled = {(r.dialogue, r.utterance) for r in rows}
+        for key in sorted(set(clips) - labelled):
+            result.ignore("unlabeled_clips", relative_to_root(meld_root, clips[key]))
+        wanted = [clips.get((r.dialogue, r.utterance)) for r in rows]
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            probes = list(pool.map(lambda p: probe_media(p) if p else None, wanted))
+        turns = _turn_indices(rows)
+        for row, clip, probe in zip(rows, wanted, probes):
+            utt = _utterance(row, turns[(row.dialogue, row.utterance)], labels, label_policy, csv_fp)
+            _media_fields(utt, clip, probe, meld_root)
+            result.utterances.append(utt)
+            if clip is not None:
+                result.raw_files.append(utt.sources[-1])
+    check_unique_ids(result)
+    return result
+
+
+def _turn_indices(rows: list[_Row]) -> dict[tuple[int, int], int]:
+    """Dialogue order is Utterance_ID order; turn indices are dense even where ids have gaps."""
+    by_dialogue: dict[int, list[int]] = defaultdict(list)
+    for row in rows:
+        by_dialogue[row.dialogue].append(row.utterance)
+    return {
+        (dialogue, utt_id): turn
+        for dialogue, utt_ids in by_dialogue.items()
+        for turn, utt_id in enumerate(sorted(set(utt_ids)))
+    }
