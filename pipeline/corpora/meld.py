@@ -176,19 +176,20 @@ def _media_fields(utt: Utterance, clip: Path | None, probe: MediaProbe | None, m
         utt.flag("missing_clip")
         return
     utt.sources.append(media_fingerprint(meld_root, clip, "media"))
-    rel = relative_to_root(meld_root, clip)
+    if probe.error:
+        utt.attributes["clip_error"] = probe.error
     if not probe.readable:
         utt.flag("unreadable_clip")
-        utt.attributes["clip_error"] = probe.error
         return
+    rel = relative_to_root(meld_root, clip)
     if probe.has_audio:
         utt.audio_path, utt.audio_start_s, utt.audio_end_s, utt.has_audio = rel, 0.0, probe.duration_s, True
     else:
-        utt.flag("clip_without_audio_stream")
+        utt.flag("clip_without_audio")
     if probe.has_video:
         utt.video_path, utt.video_start_s, utt.video_end_s, utt.has_video = rel, 0.0, probe.duration_s, True
     else:
-        utt.flag("clip_without_video_stream")
+        utt.flag("clip_without_video")
 
 
 def _utterance(row: _Row, turn_index: int, labels: list[str], label_field: str, csv_fp: Fingerprint) -> Utterance:
