@@ -29,7 +29,9 @@ class Utterance:
     corpus: str
     split: str
     dialogue_id: str
-    turn_index: int  # 0-based position in the dialogue's order
+    # 0-based position among ALL turns of the raw dialogue, labelled or not, so it is the same under
+    # every label policy; sort by it for dialogue order, and expect gaps where turns were left out
+    turn_index: int
     utterance_id: str  # unique within the corpus
     speaker: str
     text: str

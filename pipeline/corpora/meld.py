@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,11 +191,12 @@ def _media_fields(utt: Utterance, clip: Path | None, probe: MediaProbe | None, m
         utt.flag("clip_without_video")
 
 
-def _utterance(row: _Row, turn_index: int, labels: list[str], label_field: str, csv_fp: Fingerprint) -> Utterance:
+def _utterance(row: _Row, labels: list[str], label_field: str, csv_fp: Fingerprint) -> Utterance:
     label = getattr(row, label_field)
     utt = Utterance(
         corpus="meld", split=row.split,
-        dialogue_id=f"{row.split}_dia{row.dialogue}", turn_index=turn_index,
+        # Utterance_ID is the turn's position in the episode's dialogue; its gaps are clips with no label
+        dialogue_id=f"{row.split}_dia{row.dialogue}", turn_index=row.utterance,
         utterance_id=f"{row.split}_dia{row.dialogue}_utt{row.utterance}",
         speaker=row.speaker, text=row.text, label=label, label_index=labels.index(label),
         start_s=row.start_s, end_s=row.end_s,
@@ -248,9 +248,8 @@ def read_meld(root: Path, label_policy: str) -> CorpusReadResult:
         wanted = [clips.get((r.dialogue, r.utterance)) for r in rows]
         with ThreadPoolExecutor(max_workers=4) as pool:
             probes = list(pool.map(lambda p: probe_media(p) if p else None, wanted))
-        turns = _turn_indices(rows)
         for row, clip, probe in zip(rows, wanted, probes):
-            utt = _utterance(row, turns[(row.dialogue, row.utterance)], labels, label_policy, csv_fp)
+            utt = _utterance(row, labels, label_policy, csv_fp)
             _media_fields(utt, clip, probe, meld_root)
             result.utterances.append(utt)
             if clip is not None:
@@ -259,13 +258,3 @@ def read_meld(root: Path, label_policy: str) -> CorpusReadResult:
     return result
 
 
-def _turn_indices(rows: list[_Row]) -> dict[tuple[int, int], int]:
-    """Dialogue order is Utterance_ID order; turn indices are dense even where ids have gaps."""
-    by_dialogue: dict[int, list[int]] = defaultdict(list)
-    for row in rows:
-        by_dialogue[row.dialogue].append(row.utterance)
-    return {
-        (dialogue, utt_id): turn
-        for dialogue, utt_ids in by_dialogue.items()
-        for turn, utt_id in enumerate(sorted(set(utt_ids)))
-    }
