@@ -16,3 +16,12 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"reference data not found at {path} (it lives beside the checkout in ../shared/data)")
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory) -> tuple[Path, dict]:
+    """The default demo corpus, generated once per test session: (root folder, truth record)."""
+    from pipeline.demo import DemoConfig, generate_demo_corpus
+
+    root = tmp_path_factory.mktemp("demo") / "corpus"
+    return root, generate_demo_corpus(root, DemoConfig())
