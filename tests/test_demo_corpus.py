@@ -34,9 +34,9 @@ DIMENSION_LINE = re.compile(r"^A-(E[1-4]|[FM]1):\tval [1-5]; act [1-5]; dom  [1-
 
 
 @pytest.fixture(scope="session")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    root = tmp_path_factory.mktemp("demo") / "corpus"
-    return root, generate_demo_corpus(root, DemoConfig())
+def demo(demo_corpus: tuple[Path, dict]) -> tuple[Path, dict]:
+    """The session's default demo corpus (generated once, in conftest), shared with the reader tests."""
+    return demo_corpus
 
 
 def file_hashes(root: Path) -> dict[str, str]:

@@ -31,8 +31,8 @@ def write_mp4_clip(
     `frames` are RGB uint8 arrays of shape (height, width, 3) with `size` = (width, height).
     """
     with av.open(str(path), mode="w", format="mp4", options=_BITEXACT) as container:
-        # Even single-threaded, x264's macroblock-tree rate control gives run-to-run differences
-        # in its first frame (measured with this build); without it the output is reproducible.
+        # Even single-threaded, x264's macroblock-tree rate control made the first frame differ
+        # from run to run (with this build, even within one process); without it every run matches.
         options = {**_SINGLE_THREAD_BITEXACT, "preset": "veryfast", "crf": "30", "x264-params": "mbtree=0"}
         video = container.add_stream("libx264", rate=fps, options=options)
         video.width, video.height = size

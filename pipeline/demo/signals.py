@@ -105,8 +105,8 @@ def synthesize_voice(
     declination = 1.0 - 0.05 * t / max(duration_s, 1e-6)
     phase = 2 * np.pi * np.cumsum(f0 * vibrato * declination) / sample_rate
     tone = sum(np.sin(k * phase) / k for k in range(1, 6))
-    syllable_rate = rng.uniform(3.5, 5.0)
-    envelope = np.clip(np.sin(np.pi * syllable_rate * t + rng.uniform(0, np.pi)), 0, None) ** 0.6
+    syllables_per_s = rng.uniform(3.0, 4.5)  # positive half-waves of the sine below
+    envelope = np.clip(np.sin(2 * np.pi * syllables_per_s * t + rng.uniform(0, np.pi)), 0, None) ** 0.6
     fade = np.minimum(1.0, np.minimum(t, t[::-1]) / 0.02)
     loudness = prototype.loudness * rng.uniform(0.9, 1.1)
     voice = loudness * envelope * fade * tone / 2.3 + rng.normal(0.0, 0.005, n)
