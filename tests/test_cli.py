@@ -1,0 +1,36 @@
+"""The `mer` command as a user meets it: input errors are one line and exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.cli import main
+
+
+def test_wrong_root_is_one_line_and_exit_code_2(tmp_path, capsys):
+    code = main(["prepare", "--corpus", "meld", "--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "nowhere" in err and "does not exist" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_tree_of_another_corpus_names_what_was_expected(tmp_path, capsys):
+    code = main(["prepare", "--corpus", "iemocap", "--root", str(tmp_path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Session" in err and "Traceback" not in err
+
+
+def test_debug_flag_shows_the_exception(tmp_path):
+    from pipeline.errors import PipelineError
+
+    with pytest.raises(PipelineError):
+        main(["--debug", "prepare", "--corpus", "meld", "--root", str(tmp_path / "x"), "--out", str(tmp_path / "o")])
+
+
+def test_unknown_demo_params_key_is_rejected(tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    params.write_text("demo:\n  seed: 0\n  sead: 1\n")
+    assert main(["demo-corpus", str(tmp_path / "demo"), "--params", str(params)]) == 2
+    assert "unknown key(s) ['sead']" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
