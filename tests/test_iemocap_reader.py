@@ -309,41 +309,29 @@ def rewrite_line(path: Path, number: int, text: str) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def test_malformed_summary_line_names_file_and_line(tmp_path: Path) -> None:
-    release = fresh_tree(tmp_path)
-    path = release / "Session2" / "dialog" / "EmoEvaluation" / "Ses02M_impro03.txt"
-    rewrite_line(path, 3, "[1.0000 - 2.0000]\tSes02M_impro03_F000\tfea")
-    with pytest.raises(CorpusFormatError, match="malformed turn summary line") as info:
+@pytest.mark.parametrize(
+    ("relative", "line", "text", "message"),
+    [
+        ("Session2/dialog/EmoEvaluation/Ses02M_impro03.txt", 3,
+         "[1.0000 - 2.0000]\tSes02M_impro03_F000\tfea", "malformed turn summary line"),
+        ("Session1/dialog/EmoEvaluation/Ses01M_impro01.txt", 3,
+         "[1.0000 - 2.0000]\tSes01M_impro01_F000\tjoy\t[2.5000, 3.0000, 2.5000]", "unknown emotion label 'joy'"),
+        ("Session1/dialog/EmoEvaluation/Ses01M_impro01.txt", 3,
+         "[1.0000 - 2.0000]\tSes01F_impro02_F000\tneu\t[2.5000, 3.0000, 2.5000]", "Ses01F_impro02_F000"),
+        ("Session1/dialog/EmoEvaluation/Ses01M_impro01.txt", 4, "this is not IEMOCAP", "unexpected line"),
+        ("Session4/dialog/transcriptions/Ses04F_script02_1.txt", 2,
+         "Ses04F_script02_1_M000: no time span", "malformed transcript line"),
+    ],
+)
+def test_bad_line_is_an_error_naming_file_and_line(
+    tmp_path: Path, relative: str, line: int, text: str, message: str
+) -> None:
+    path = fresh_tree(tmp_path) / relative
+    rewrite_line(path, line, text)
+    with pytest.raises(CorpusFormatError, match=message) as info:
         read_iemocap(tmp_path, "benchmark")
-    assert (info.value.path, info.value.line) == (path, 3)
-    assert f"{path}:3" in str(info.value)
-
-
-def test_unknown_summary_label(tmp_path: Path) -> None:
-    release = fresh_tree(tmp_path)
-    path = release / "Session1" / "dialog" / "EmoEvaluation" / "Ses01M_impro01.txt"
-    rewrite_line(path, 3, "[1.0000 - 2.0000]\tSes01M_impro01_F000\tjoy\t[2.5000, 3.0000, 2.5000]")
-    with pytest.raises(CorpusFormatError, match="unknown emotion label 'joy'") as info:
-        read_iemocap(tmp_path, "benchmark")
-    assert (info.value.path, info.value.line) == (path, 3)
-
-
-def test_turn_id_of_another_dialogue(tmp_path: Path) -> None:
-    release = fresh_tree(tmp_path)
-    path = release / "Session1" / "dialog" / "EmoEvaluation" / "Ses01M_impro01.txt"
-    rewrite_line(path, 3, "[1.0000 - 2.0000]\tSes01F_impro02_F000\tneu\t[2.5000, 3.0000, 2.5000]")
-    with pytest.raises(CorpusFormatError, match="Ses01F_impro02_F000") as info:
-        read_iemocap(tmp_path, "benchmark")
-    assert info.value.line == 3
-
-
-def test_unexpected_line_in_emoevaluation(tmp_path: Path) -> None:
-    release = fresh_tree(tmp_path)
-    path = release / "Session1" / "dialog" / "EmoEvaluation" / "Ses01M_impro01.txt"
-    rewrite_line(path, 4, "this is not IEMOCAP")
-    with pytest.raises(CorpusFormatError, match="unexpected line") as info:
-        read_iemocap(tmp_path, "benchmark")
-    assert info.value.line == 4
+    assert (info.value.path, info.value.line) == (path, line)
+    assert f"{path}:{line}" in str(info.value)
 
 
 def test_label_file_without_turns(tmp_path: Path) -> None:
@@ -353,15 +341,6 @@ def test_label_file_without_turns(tmp_path: Path) -> None:
     with pytest.raises(CorpusFormatError, match="no turn summary lines") as info:
         read_iemocap(tmp_path, "benchmark")
     assert info.value.path == path
-
-
-def test_malformed_transcript_line(tmp_path: Path) -> None:
-    release = fresh_tree(tmp_path)
-    path = release / "Session4" / "dialog" / "transcriptions" / "Ses04F_script02_1.txt"
-    rewrite_line(path, 2, "Ses04F_script02_1_M000: no time span")
-    with pytest.raises(CorpusFormatError, match="malformed transcript line") as info:
-        read_iemocap(tmp_path, "benchmark")
-    assert (info.value.path, info.value.line) == (path, 2)
 
 
 def test_hidden_label_files_are_ignored(tmp_path: Path) -> None:
