@@ -12,7 +12,6 @@ Same seed, same bytes: every file written is a pure function of the seed and the
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -38,13 +37,12 @@ from transformers import (  # noqa: E402
     Wav2Vec2Model,
 )
 
+from extractors.base import WEIGHT_SUFFIXES, weights_sha256  # noqa: E402,F401  (re-exported)
 from pipeline.atomic import atomic_output_dir, atomic_write_bytes  # noqa: E402
-from pipeline.fingerprint import sha256_file  # noqa: E402
 
 ROBERTA_DIR = "roberta-tiny"
 WAV2VEC2_DIR = "wav2vec2-tiny"
 FACENET_FILE = "facenet-random.safetensors"
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 T = TypeVar("T")
 
@@ -234,25 +232,6 @@ def build_all(out_dir: Path, seed: int = 0) -> dict[str, Path]:
         "audio": build_tiny_wav2vec2(out_dir / WAV2VEC2_DIR, seed),
         "face": build_random_facenet(out_dir / FACENET_FILE, seed),
     }
-
-
-def weights_sha256(path: Path) -> str:
-    """SHA-256 identifying a model's weights, as the feature store records it.
-
-    A file hashes to its own SHA-256 (what `sha256sum` prints). A model folder hashes its
-    *.safetensors / *.bin files, sorted by name, as one "<sha256>  <name>" line each (the text
-    `sha256sum` prints for them), so renaming or resharding the weights changes it too. Configs and
-    tokenizer files are not weights and are left out.
-    """
-    path = Path(path)
-    if path.is_file():
-        return sha256_file(path)
-    weights = (p for p in path.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
-    files = sorted(weights, key=lambda p: p.name)
-    if not files:
-        raise FileNotFoundError(f"no weight files (*.safetensors, *.bin) in {path}")
-    listing = "".join(f"{sha256_file(p)}  {p.name}\n" for p in files)
-    return hashlib.sha256(listing.encode("utf-8")).hexdigest()
 
 
 def _seeded(seed: int, factory: Callable[[], T]) -> T:

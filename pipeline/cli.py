@@ -34,6 +34,34 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
     print(f"manifest and summary written to {args.out}")
 
 
+def _cmd_extract(args: argparse.Namespace) -> None:
+    from pipeline.config import load_params
+    from pipeline.extract import describe, extract_features
+
+    section = None
+    if args.params:
+        section = load_params(args.params).get("extract", {}).get(args.modality)
+        if section is None:
+            raise PipelineError(f"{args.params}: section 'extract.{args.modality}' not found")
+    report = extract_features(
+        args.modality,
+        Path(args.manifest),
+        Path(args.out),
+        section,
+        raw_root=Path(args.root) if args.root else None,
+        where=f"{args.params}:extract" if args.params else "extract",
+        wait_s=args.wait,
+    )
+    print(describe(report, Path(args.out)))
+
+
+def _cmd_tiny_models(args: argparse.Namespace) -> None:
+    from extractors.tiny_models import build_all
+
+    for modality, path in build_all(Path(args.out), seed=args.seed).items():
+        print(f"{modality}: {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.corpora import available_corpora
 
@@ -55,6 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--out", required=True, help="output folder for manifest.parquet and summary.json")
     prep.add_argument("--label-policy", help=f"label set ({policies}); default: the corpus's benchmark set")
     prep.set_defaults(func=_cmd_prepare)
+
+    ext = sub.add_parser("extract", help="extract one modality's features of a manifest into a feature store")
+    ext.add_argument("modality", choices=["text", "audio", "face"])
+    ext.add_argument("--manifest", required=True, help="the prepared corpus folder (holds manifest.parquet)")
+    ext.add_argument("--out", required=True, help="the feature store folder; an unfinished one is resumed")
+    ext.add_argument("--params", type=Path, help="params.yaml whose `extract.<modality>` section configures it")
+    ext.add_argument("--root", help="the raw corpus folder, if it moved since `mer prepare`")
+    ext.add_argument("--wait", type=float, default=0.0, help="seconds to wait for another run on --out to finish")
+    ext.set_defaults(func=_cmd_extract)
+
+    tiny = sub.add_parser("tiny-models", help="build the offline stand-in models (tiny RoBERTa, wav2vec2, FaceNet)")
+    tiny.add_argument("out", help="folder to write the three models into")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=_cmd_tiny_models)
     return parser
 
 

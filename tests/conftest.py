@@ -25,3 +25,29 @@ def demo_corpus(tmp_path_factory) -> tuple[Path, dict]:
 
     root = tmp_path_factory.mktemp("demo") / "corpus"
     return root, generate_demo_corpus(root, DemoConfig())
+
+
+@pytest.fixture(scope="session")
+def prepared_demo(demo_corpus, tmp_path_factory) -> dict[str, Path]:
+    """Manifests of the demo corpus, prepared once per session: {corpus: prepared folder}."""
+    from pipeline.prepare import prepare_corpus
+
+    root, _ = demo_corpus
+    out = tmp_path_factory.mktemp("prepared")
+    return {
+        "meld": _prepared(prepare_corpus, "meld", root / "MELD.Raw", out / "meld"),
+        "iemocap": _prepared(prepare_corpus, "iemocap", root / "IEMOCAP_full_release", out / "iemocap"),
+    }
+
+
+def _prepared(prepare_corpus, corpus: str, root: Path, out: Path) -> Path:
+    prepare_corpus(corpus, root, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """The offline stand-in models, built once per session: {"text", "audio", "face"} -> path."""
+    from extractors.tiny_models import build_all
+
+    return build_all(tmp_path_factory.mktemp("models"))

@@ -1,0 +1,305 @@
+"""The extractor interface: every modality's extractor is one small module behind it.
+
+An extractor turns manifest rows into one feature tensor per utterance, in two halves so decoding
+overlaps the model:
+
+- ``decoder()`` returns a picklable ``Decoder``: manifest row -> ``Decoded`` (token ids, a waveform,
+  face crops...). It runs in DataLoader worker processes, holds no model and never touches a GPU.
+- ``encode(batch)`` runs the model on a batch of ``Decoded`` items in the main process, under
+  ``torch.inference_mode`` (the runner sets it), and returns one ``Encoded`` per item.
+
+``size_hint(row)`` is what the runner sorts a shard's rows by before batching (length bucketing),
+computed from the manifest alone so batches are known before anything is decoded.
+
+Registering: decorate the class with ``@register_extractor``; ``get_extractor(name)`` imports the
+``extractors.<name>`` module on demand, so adding an extractor is adding a module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import socket
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+from urllib.parse import urlparse
+
+import torch
+
+from pipeline.errors import PipelineError
+from pipeline.fingerprint import sha256_file
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+# Settings that change how fast a store is built but never what it holds: left out of the store's
+# recorded params, so changing them does not invalidate finished shards.
+RUNTIME_FIELDS = frozenset({"num_workers"})
+
+
+@dataclass
+class ExtractorConfig:
+    """Settings every extractor shares; each modality's config adds its own fields."""
+
+    extractor: str = ""  # registry name; empty = the modality's default extractor
+    batch_size: int = 16  # items per model call (upper bound; see the extractor's own limits)
+    shard_size: int = 256  # utterances per store shard: the unit of resumption
+    dtype: str = "float16"  # stored precision: float16 | bfloat16 | float32
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
+    num_workers: int = 2  # DataLoader decode processes; 0 decodes in the main process
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "shard_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be 0 or more, got {self.num_workers}")
+        if self.dtype not in STORE_DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(STORE_DTYPES)}, got {self.dtype!r}")
+
+    def recorded_params(self) -> dict[str, Any]:
+        """The params a store records (and is invalidated by): all fields but the runtime ones."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in RUNTIME_FIELDS}
+
+
+STORE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+@dataclass
+class Decoded:
+    """One utterance after decoding (worker side): either `data` for the model, or the reason there is none."""
+
+    utterance_id: str
+    data: Any = None  # what encode() needs; None when `missing` is set
+    missing: str | None = None  # no feature can be made, e.g. "no_audio_stream"
+    flags: list[str] = field(default_factory=list)  # caveats kept with the feature, e.g. "silent_audio"
+
+
+@dataclass
+class Encoded:
+    """One utterance after the model: a feature tensor, or the reason there is none."""
+
+    utterance_id: str
+    feature: torch.Tensor | None
+    missing: str | None = None
+    flags: list[str] = field(default_factory=list)
+
+
+class Decoder(ABC):
+    """Manifest row -> Decoded, in a worker process. Must pickle; must not hold a model."""
+
+    @abstractmethod
+    def __call__(self, row: dict[str, Any]) -> Decoded: ...
+
+
+class Extractor(ABC):
+    """One feature extractor: a registered name, a config dataclass, a decoder and a batched encoder."""
+
+    name: ClassVar[str]
+    modality: ClassVar[str]  # "text" | "audio" | "face"
+    version: ClassVar[str]  # bump when the same model and params would give different features
+    config_class: ClassVar[type[ExtractorConfig]]
+
+    def __init__(self, config: ExtractorConfig, raw_root: Path, device: torch.device) -> None:
+        self.config = config
+        self.raw_root = Path(raw_root)
+        self.device = device
+
+    @property
+    @abstractmethod
+    def model_id(self) -> str:
+        """The model as the user named it (a path or a hub id)."""
+
+    @property
+    @abstractmethod
+    def model_sha256(self) -> str:
+        """Hash of the weights actually loaded (see `weights_sha256`)."""
+
+    def plan(self, rows: Sequence[dict[str, Any]]) -> None:
+        """See the whole manifest before decoding starts (the text extractor builds dialogue context)."""
+
+    @abstractmethod
+    def size_hint(self, row: dict[str, Any]) -> float:
+        """Cost of one row from the manifest alone (characters, seconds...), for length bucketing."""
+
+    @abstractmethod
+    def decoder(self) -> Decoder:
+        """The worker-side half."""
+
+    @abstractmethod
+    def encode(self, batch: list[Decoded]) -> list[Encoded]:
+        """Run the model on decoded items (none of them missing); one Encoded per item, any order."""
+
+    def batches(self, rows: Sequence[dict[str, Any]]) -> list[list[int]]:
+        """Index batches over `rows`: sorted by size hint (stable, so deterministic), `batch_size` each."""
+        order = sorted(range(len(rows)), key=lambda i: self.size_hint(rows[i]))
+        size = self.config.batch_size
+        return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+E = TypeVar("E", bound=type[Extractor])
+_REGISTRY: dict[str, type[Extractor]] = {}
+DEFAULT_EXTRACTORS = {"text": "roberta", "audio": "wav2vec2", "face": "facenet"}
+# the module that defines each built-in extractor (imported on first use)
+_MODULES = {"roberta": "extractors.text", "wav2vec2": "extractors.audio", "facenet": "extractors.face"}
+
+
+def register_extractor(cls: E) -> E:
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise RuntimeError(f"two extractors are registered as {cls.name!r}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_extractor(name: str) -> type[Extractor]:
+    """The extractor class registered as `name`, importing `extractors.<module>` if needed."""
+    if name not in _REGISTRY:
+        module = _MODULES.get(name, f"extractors.{name}")
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+    if name not in _REGISTRY:
+        raise PipelineError(
+            f"unknown extractor {name!r}; built in: {', '.join(sorted(_MODULES))} "
+            f"(a new one is a module in extractors/ that registers itself)"
+        )
+    return _REGISTRY[name]
+
+
+def extractor_for(modality: str, name: str = "") -> type[Extractor]:
+    """The extractor to use for `modality`: `name` if given, else the modality's default."""
+    if not name:
+        if modality not in DEFAULT_EXTRACTORS:
+            raise PipelineError(f"unknown modality {modality!r}; choose one of {', '.join(DEFAULT_EXTRACTORS)}")
+        name = DEFAULT_EXTRACTORS[modality]
+    cls = get_extractor(name)
+    if cls.modality != modality:
+        raise PipelineError(f"extractor {name!r} makes {cls.modality} features, not {modality}")
+    return cls
+
+
+def resolve_device(setting: str) -> torch.device:
+    """`auto` picks CUDA when present; asking for CUDA on a machine without it is a clear error."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(setting)
+    except RuntimeError:
+        raise PipelineError(f"unknown device {setting!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PipelineError(
+            f"device {setting!r} was asked for but this machine has no usable CUDA GPU; set device: auto or cpu"
+        )
+    return device
+
+
+def autocast(device: torch.device) -> torch.autocast:
+    """bf16 autocast on a GPU (fp16 where bf16 is unsupported); a no-op context on CPU."""
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cpu", enabled=False)
+
+
+def weights_sha256(path: Path) -> str:
+    """SHA-256 identifying a model's weights, as the feature store records it.
+
+    A file hashes to its own SHA-256 (what `sha256sum` prints). A model folder hashes its
+    *.safetensors / *.bin files, sorted by name, as one "<sha256>  <name>" line each (the text
+    `sha256sum` prints for them), so renaming or resharding the weights changes it too. Configs and
+    tokenizer files are not weights and are left out.
+    """
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    weights = (p for p in path.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+    files = sorted(weights, key=lambda p: p.name)
+    if not files:
+        raise FileNotFoundError(f"no weight files (*.safetensors, *.bin) in {path}")
+    listing = "".join(f"{sha256_file(p)}  {p.name}\n" for p in files)
+    return hashlib.sha256(listing.encode("utf-8")).hexdigest()
+
+
+T = TypeVar("T")
+
+
+def load_pretrained(role: str, model_id: str, load: Callable[..., T], param_key: str) -> tuple[T, Path]:
+    """Call `load` (a `from_pretrained`) on a local folder or hub id; "cannot fetch" becomes one line.
+
+    Returns the loaded object and the local folder its files came from (for `weights_sha256`).
+    A hub id loads from the local Hugging Face cache first; the network is tried only when the hub
+    answers within a few seconds, so an offline machine fails at once instead of after minutes of
+    retries.
+    """
+    _quiet_transformers()
+    local = Path(model_id).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise PipelineError(f"{role} model {model_id!r} is a file; give the folder that holds config.json")
+        try:
+            return load(str(local)), local
+        except (OSError, ValueError) as exc:
+            raise PipelineError(f"{role} model folder {model_id!r} could not be loaded: {_first_line(exc)}") from None
+    if model_id.startswith((".", "/", "~")) or model_id.count("/") > 1:
+        raise PipelineError(f"{role} model folder {model_id!r} does not exist (set {param_key} in params.yaml)")
+    try:
+        obj = load(model_id, local_files_only=True)
+    except (OSError, ValueError) as cached_exc:
+        reason = _first_line(cached_exc)
+        if not hub_reachable():
+            reason = "the Hugging Face Hub is not reachable from this machine and the model is not in its cache"
+        else:
+            try:
+                obj = load(model_id)
+                reason = ""
+            except (OSError, ValueError) as exc:
+                reason = _first_line(exc)
+        if reason:
+            raise PipelineError(
+                f"{role} model {model_id!r} is not a local folder and could not be loaded ({reason}). "
+                f"On a machine with internet run `hf download {model_id} --local-dir models/{model_id.split('/')[-1]}`, "
+                f"copy that folder here and set {param_key} to it"
+            ) from None
+    from huggingface_hub import snapshot_download
+
+    return obj, Path(snapshot_download(model_id, local_files_only=True))
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub (or HF_ENDPOINT) accepts a TCP connection; False when HF_HUB_OFFLINE is set."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname or "", port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _quiet_transformers() -> None:
+    """transformers draws loading bars on stderr; keep them off when stderr is not a terminal."""
+    if not sys.stderr.isatty():
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def cpu_threads() -> int:
+    """Cores this process may use (respects taskset / cgroup CPU affinity)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
