@@ -86,11 +86,13 @@ def extract_features(
     raw_root: Path | None = None,
     where: str = "extract",
     wait_s: float = 0.0,
+    extractor: Extractor | None = None,
 ) -> dict[str, Any]:
     """Fill (or finish) the feature store at `out_dir` for every utterance of the manifest.
 
     `section` is the modality's params section (`extract.<modality>`); `raw_root` defaults to the
-    raw folder recorded in the manifest. Returns the store's report.
+    raw folder recorded in the manifest. `extractor`, if given, is used instead of building one
+    from `section` (its model stays loaded across calls). Returns the store's report.
     """
     manifest_path = Path(manifest_dir) / MANIFEST_FILE
     if not manifest_path.is_file():
@@ -102,7 +104,11 @@ def extract_features(
             f"{root}: the raw corpus folder of {manifest_path} does not exist (pass --root to say where it is now)"
         )
     rows = read_manifest(manifest_path)
-    extractor = build_extractor(modality, section, root, f"{where}.{modality}")
+    if extractor is None:
+        extractor = build_extractor(modality, section, root, f"{where}.{modality}")
+    elif extractor.modality != modality:
+        raise PipelineError(f"extractor {extractor.name!r} makes {extractor.modality} features, not {modality}")
+    extractor.raw_root = root
     config = extractor.config
     metadata = StoreMetadata(
         corpus=meta.get("corpus", ""),
