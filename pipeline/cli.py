@@ -62,6 +62,16 @@ def _cmd_tiny_models(args: argparse.Namespace) -> None:
         print(f"{modality}: {path}")
 
 
+def _cmd_import_features(args: argparse.Namespace) -> None:
+    from pipeline.import_features import describe, import_features
+
+    summary = import_features(
+        Path(args.pickle), args.format, args.corpus, Path(args.out),
+        dev_fraction=args.dev_fraction, seed=args.seed, text_layers=args.text_layers, dtype=args.dtype,
+    )
+    print(describe(summary, Path(args.out)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.corpora import available_corpora
 
@@ -97,6 +107,29 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("out", help="folder to write the three models into")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_cmd_tiny_models)
+
+    imp = sub.add_parser(
+        "import-features",
+        help="convert a published MER feature pickle (DialogueRNN/DialogueGCN/MMGCN or SDT/GraphSmile layout) "
+        "into a manifest and feature stores; unpickling runs the file's code: import only files you trust",
+        description="Convert a published MER feature pickle into prepared/<corpus>/ (manifest + summary) and "
+        "features/<corpus>/{text,audio,face}/ feature stores. WARNING: unpickling executes code chosen by the "
+        "file's author; import only files you trust. Supported layouts: see pipeline/import_features.py.",
+    )
+    imp.add_argument("pickle", help="the feature pickle (only one you trust: loading it executes code)")
+    imp.add_argument("--format", required=True, choices=["dialoguernn", "sdt"],
+                     help="dialoguernn: one text vector per utterance; sdt: four RoBERTa layers (roberta1..4)")
+    imp.add_argument("--corpus", required=True, choices=["iemocap", "meld"])
+    imp.add_argument("--out", required=True, help="gets prepared/<corpus>/ and features/<corpus>/{text,audio,face}/")
+    imp.add_argument("--dev-fraction", type=float, default=0.1,
+                     help="share of trainVid dialogues carved out as dev (sorted, seeded shuffle; default 0.1)")
+    imp.add_argument("--seed", type=int, default=0, help="seed of the dev carving (default 0)")
+    imp.add_argument("--text-layers", choices=["mean", "concat", "last"],
+                     help="sdt only: mean of the four layers (default), their concatenation, or the last layer "
+                     "(roberta1, what SDT and GraphSmile read)")
+    imp.add_argument("--dtype", choices=["float32", "float16"], default="float32",
+                     help="store dtype; float32 (default) keeps the published values exactly")
+    imp.set_defaults(func=_cmd_import_features)
     return parser
 
 
