@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PROJECT_ROOT
+from pipeline.feature_store import FeatureStoreReader
 from pipeline.manifest import read_manifest
 
 BIN = Path(sys.executable).parent
@@ -61,20 +62,58 @@ def test_dvc_repro_prepares_both_demo_layouts(project):
         assert truth  # the generator's record of what it planted exists beside the corpus
 
 
+def test_dvc_repro_extracts_every_modality_of_both_layouts(project):
+    """Every manifest utterance is in each store or reported with its reason (the planted quirks included)."""
+    for corpus in ("meld", "iemocap"):
+        ids = [r["utterance_id"] for r in read_manifest(project / f"data/prepared/{corpus}")]
+        for modality in ("text", "audio", "face"):
+            reader = FeatureStoreReader(project / f"data/features/{corpus}/{modality}")
+            missing = {m["utterance_id"]: m["reason"] for m in reader.report["missing"]}
+            assert sorted([*reader.utterance_ids, *missing]) == sorted(ids), (corpus, modality)
+            assert len(reader.utterance_ids) > 0.8 * len(ids), (corpus, modality, missing)
+            assert reader.availability().mask.tolist() == [uid in reader for uid in ids]
+    meld_audio = FeatureStoreReader(project / "data/features/meld/audio").report
+    assert "train_dia3_utt2" in {m["utterance_id"] for m in meld_audio["missing"]}  # the planted corrupt clip
+
+
 def test_dvc_status_is_clean_after_repro(project):
     out = run(["dvc", "status"], project).stdout
     assert "changed" not in out, out
 
 
-def test_changing_one_corpus_params_reruns_only_its_stage(project):
+def test_changing_audio_settings_reruns_only_the_audio_stages(project):
+    params = project / "params.yaml"
+    original = params.read_text()
+    assert "pooling: mean_std" in original
+    untouched = {
+        p: p.stat().st_mtime_ns
+        for corpus in ("meld", "iemocap")
+        for modality in ("text", "face")
+        for p in (project / f"data/features/{corpus}/{modality}").iterdir()
+    }
+    params.write_text(original.replace("pooling: mean_std", "pooling: mean"))
+    try:
+        status = run(["dvc", "status"], project).stdout
+        stages = {line.rstrip(":").strip() for line in status.splitlines() if line and not line.startswith(("\t", " "))}
+        assert stages == {"extract@meld-audio", "extract@iemocap-audio"}, status
+        run(["dvc", "repro"], project)
+        assert {p: p.stat().st_mtime_ns for p in untouched} == untouched
+        audio = FeatureStoreReader(project / "data/features/meld/audio")
+        assert audio.metadata["params"]["pooling"] == "mean"
+        assert "changed" not in run(["dvc", "status"], project).stdout
+    finally:
+        params.write_text(original)
+
+
+def test_changing_one_corpus_params_reruns_only_its_branch(project):
     params = project / "params.yaml"
     original = params.read_text()
     params.write_text(original.replace("label_policy: benchmark", "label_policy: four-class"))
     try:
         status = run(["dvc", "status"], project).stdout
-        assert "prepare@iemocap" in status
-        assert "prepare@meld" not in status and "demo_corpus" not in status
-        run(["dvc", "repro"], project)
+        assert "prepare@iemocap" in status and "extract@iemocap-text" in status
+        assert "prepare@meld" not in status and "demo_corpus" not in status and "extract@meld" not in status
+        run(["dvc", "repro", "--single-item", "prepare@iemocap"], project)
         summary = json.loads((project / "data/prepared/iemocap/summary.json").read_text())
         assert summary["label_policy"] == "four-class"
         assert list(summary["label_map"]) == ["ang", "hap", "sad", "neu"]
