@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -62,6 +63,21 @@ def test_dvc_repro_prepares_both_demo_layouts(project):
         assert truth  # the generator's record of what it planted exists beside the corpus
 
 
+@contextlib.contextmanager
+def edited_params(project: Path, old: str, new: str):
+    """Edit params.yaml for one test; afterwards restore params, dvc.lock and the outputs (from DVC's cache)."""
+    params, lock = project / "params.yaml", project / "dvc.lock"
+    saved_params, saved_lock = params.read_text(), lock.read_text()
+    assert old in saved_params
+    params.write_text(saved_params.replace(old, new))
+    try:
+        yield
+    finally:
+        params.write_text(saved_params)
+        lock.write_text(saved_lock)
+        run(["dvc", "checkout", "--force"], project)
+
+
 def test_dvc_repro_extracts_every_modality_of_both_layouts(project):
     """Every manifest utterance is in each store or reported with its reason (the planted quirks included)."""
     for corpus in ("meld", "iemocap"):
@@ -82,17 +98,13 @@ def test_dvc_status_is_clean_after_repro(project):
 
 
 def test_changing_audio_settings_reruns_only_the_audio_stages(project):
-    params = project / "params.yaml"
-    original = params.read_text()
-    assert "pooling: mean_std" in original
     untouched = {
         p: p.stat().st_mtime_ns
         for corpus in ("meld", "iemocap")
         for modality in ("text", "face")
         for p in (project / f"data/features/{corpus}/{modality}").iterdir()
     }
-    params.write_text(original.replace("pooling: mean_std", "pooling: mean"))
-    try:
+    with edited_params(project, "pooling: mean_std", "pooling: mean"):
         status = run(["dvc", "status"], project).stdout
         stages = {line.rstrip(":").strip() for line in status.splitlines() if line and not line.startswith(("\t", " "))}
         assert stages == {"extract@meld-audio", "extract@iemocap-audio"}, status
@@ -101,21 +113,19 @@ def test_changing_audio_settings_reruns_only_the_audio_stages(project):
         audio = FeatureStoreReader(project / "data/features/meld/audio")
         assert audio.metadata["params"]["pooling"] == "mean"
         assert "changed" not in run(["dvc", "status"], project).stdout
-    finally:
-        params.write_text(original)
+    assert "changed" not in run(["dvc", "status"], project).stdout  # restored for the next test
 
 
 def test_changing_one_corpus_params_reruns_only_its_branch(project):
-    params = project / "params.yaml"
-    original = params.read_text()
-    params.write_text(original.replace("label_policy: benchmark", "label_policy: four-class"))
-    try:
+    with edited_params(project, "label_policy: benchmark", "label_policy: four-class"):
         status = run(["dvc", "status"], project).stdout
-        assert "prepare@iemocap" in status and "extract@iemocap-text" in status
+        assert "prepare@iemocap" in status
         assert "prepare@meld" not in status and "demo_corpus" not in status and "extract@meld" not in status
         run(["dvc", "repro", "--single-item", "prepare@iemocap"], project)
         summary = json.loads((project / "data/prepared/iemocap/summary.json").read_text())
         assert summary["label_policy"] == "four-class"
         assert list(summary["label_map"]) == ["ang", "hap", "sad", "neu"]
-    finally:
-        params.write_text(original)
+        downstream = run(["dvc", "status"], project).stdout  # the new manifest invalidates its extract stages
+        assert all(f"extract@iemocap-{m}" in downstream for m in ("text", "audio", "face")), downstream
+        assert "extract@meld" not in downstream
+    assert "changed" not in run(["dvc", "status"], project).stdout
