@@ -72,6 +72,44 @@ def _cmd_import_features(args: argparse.Namespace) -> None:
     print(describe(summary, Path(args.out)))
 
 
+def _cmd_train(args: argparse.Namespace) -> None:
+    from model.train import load_train_config, train, train_seeds
+
+    config = load_train_config(args.params, args.corpus)
+    if args.seed is not None:
+        config.seed = args.seed
+    if args.seeds < 1:
+        raise PipelineError(f"--seeds must be at least 1, got {args.seeds}")
+    kwargs = {"fresh": args.fresh, "cpu": args.cpu}
+    if args.seeds == 1:
+        train(args.corpus, Path(args.prepared), Path(args.features), Path(args.out), config, **kwargs)
+        return
+    summary = train_seeds(
+        args.corpus, Path(args.prepared), Path(args.features), Path(args.out), config, args.seeds, **kwargs
+    )
+    mean, std = summary["mean"], summary["std"]
+    print(
+        f"{args.corpus}, seeds {summary['seeds']}: test weighted F1 {mean['test.weighted_f1']:.4f} +- "
+        f"{std['test.weighted_f1']:.4f}, dev {mean['dev.weighted_f1']:.4f} +- {std['dev.weighted_f1']:.4f} "
+        f"({Path(args.out) / 'seeds.json'})"
+    )
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from accelerate import PartialState
+
+    from model.evaluate import EvaluateConfig, describe, evaluate_checkpoint
+    from pipeline.config import load_section
+
+    config = load_section(args.params, "evaluate", EvaluateConfig) if args.params else EvaluateConfig()
+    results = evaluate_checkpoint(
+        Path(args.checkpoint), Path(args.prepared), Path(args.features), Path(args.out), config, cpu=args.cpu
+    )
+    if PartialState().is_main_process:
+        print(describe(results))
+        print(f"metrics, confusion plots and predictions written to {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.corpora import available_corpora
 
@@ -130,6 +168,34 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--dtype", choices=["float32", "float16"], default="float32",
                      help="store dtype; float32 (default) keeps the published values exactly")
     imp.set_defaults(func=_cmd_import_features)
+
+    trn = sub.add_parser(
+        "train", help="train CMATH on one corpus's manifest and feature stores (resumes an interrupted run)"
+    )
+    trn.add_argument("--corpus", required=True, choices=sorted(corpora), help="selects the train.<corpus> overrides")
+    trn.add_argument("--prepared", required=True, help="the prepared corpus folder (holds manifest.parquet)")
+    trn.add_argument("--features", required=True,
+                     help="the folder holding one feature store per modality (text/, audio/, face/)")
+    trn.add_argument("--out", required=True, help="output folder: best/, last/, dvclive/, metrics.json")
+    trn.add_argument("--params", type=Path, default=Path("params.yaml"), help="params.yaml with the `train` section")
+    trn.add_argument("--seed", type=int, help="override train.seed")
+    trn.add_argument("--seeds", type=int, default=1,
+                     help="N runs with seeds seed..seed+N-1 into OUT/seed-<s>/, and OUT/seeds.json with mean and std")
+    trn.add_argument("--fresh", action="store_true", help="ignore a resumable OUT/last and start from epoch 1")
+    trn.add_argument("--cpu", action="store_true", help="run on CPU even if a GPU is present")
+    trn.set_defaults(func=_cmd_train)
+
+    evl = sub.add_parser(
+        "evaluate", help="score a checkpoint on dev and test: metrics.json, confusion plots, predictions"
+    )
+    evl.add_argument("--checkpoint", required=True,
+                     help="a checkpoint folder written by `mer train` (e.g. data/train/meld/best)")
+    evl.add_argument("--prepared", required=True, help="the prepared corpus folder the model was trained on")
+    evl.add_argument("--features", required=True, help="the feature stores the model was trained on")
+    evl.add_argument("--out", required=True, help="output folder; replaced only if evaluation succeeds")
+    evl.add_argument("--params", type=Path, help="params.yaml whose `evaluate` section configures it")
+    evl.add_argument("--cpu", action="store_true", help="run on CPU even if a GPU is present")
+    evl.set_defaults(func=_cmd_evaluate)
     return parser
 
 
