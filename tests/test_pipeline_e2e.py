@@ -92,6 +92,17 @@ def test_dvc_repro_extracts_every_modality_of_both_layouts(project):
     assert "train_dia3_utt2" in {m["utterance_id"] for m in meld_audio["missing"]}  # the planted corrupt clip
 
 
+def test_dvc_repro_trains_and_evaluates_both_corpora_far_above_chance(project):
+    """The whole chain on the planted demo signal: test weighted F1 > 0.5 (chance: 1/7 MELD, 1/6 IEMOCAP)."""
+    for corpus in ("meld", "iemocap"):
+        metrics = json.loads((project / f"data/eval/{corpus}/metrics.json").read_text())
+        assert metrics["test"]["weighted_f1"] > 0.5, (corpus, metrics["test"])
+        test_ids = {r["utterance_id"] for r in read_manifest(project / f"data/prepared/{corpus}") if r["split"] == "test"}
+        lines = (project / f"data/eval/{corpus}/predictions.csv").read_text().splitlines()
+        assert {line.split(",")[0] for line in lines[1:]} == test_ids
+        assert (project / f"data/train/{corpus}/best/model.safetensors").is_file()
+
+
 def test_dvc_status_is_clean_after_repro(project):
     out = run(["dvc", "status"], project).stdout
     assert "changed" not in out, out
