@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, one_line
 from pipeline.fingerprint import sha256_file
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -245,13 +245,13 @@ def load_pretrained(role: str, model_id: str, load: Callable[..., T], param_key:
         try:
             return load(str(local)), local
         except (OSError, ValueError) as exc:
-            raise PipelineError(f"{role} model folder {model_id!r} could not be loaded: {_first_line(exc)}") from None
+            raise PipelineError(f"{role} model folder {model_id!r} could not be loaded: {one_line(exc)}") from None
     if model_id.startswith((".", "/", "~")) or model_id.count("/") > 1:
         raise PipelineError(f"{role} model folder {model_id!r} does not exist (set {param_key} in params.yaml)")
     try:
         obj = load(model_id, local_files_only=True)
     except (OSError, ValueError) as cached_exc:
-        reason = _first_line(cached_exc)
+        reason = one_line(cached_exc)
         if not hub_reachable():
             reason = "the Hugging Face Hub is not reachable from this machine and the model is not in its cache"
         else:
@@ -259,7 +259,7 @@ def load_pretrained(role: str, model_id: str, load: Callable[..., T], param_key:
                 obj = load(model_id)
                 reason = ""
             except (OSError, ValueError) as exc:
-                reason = _first_line(exc)
+                reason = one_line(exc)
         if reason:
             raise PipelineError(
                 f"{role} model {model_id!r} is not a local folder and could not be loaded ({reason}). "
@@ -290,11 +290,6 @@ def _quiet_transformers() -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def cpu_threads() -> int:

@@ -95,7 +95,7 @@ from extractors.base import (  # noqa: E402
     register_extractor,
     weights_sha256,
 )
-from pipeline.errors import PipelineError  # noqa: E402
+from pipeline.errors import PipelineError, one_line  # noqa: E402
 
 EMBEDDING_DIM = 512
 CROP_SIZE = 160  # InceptionResnetV1's input size
@@ -376,7 +376,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # many formats, many failure types: all mean "not a readable state dict"
-        raise PipelineError(f"face model weights {str(path)!r} could not be read: {_one_line(exc)}") from None
+        raise PipelineError(f"face model weights {str(path)!r} could not be read: {one_line(exc)}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -391,7 +391,7 @@ def load_facenet(path: Path) -> InceptionResnetV1:
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # right names, wrong shapes
-        raise PipelineError(f"face model weights {str(path)!r} do not fit InceptionResnetV1: {_one_line(exc)}") from None
+        raise PipelineError(f"face model weights {str(path)!r} do not fit InceptionResnetV1: {one_line(exc)}") from None
     if result.missing_keys or result.unexpected_keys:
         raise PipelineError(
             f"face model weights {str(path)!r} do not fit InceptionResnetV1: missing {result.missing_keys[:3]} "
@@ -424,14 +424,9 @@ def _download_vggface2(cached: Path) -> None:
     try:
         download.download_url_to_file(VGGFACE2_URL, str(cached), progress=False)
     except Exception as exc:  # URLError, HTTPError, timeouts, a full disk...
-        raise PipelineError(_offline_hint(f"'vggface2' could not be downloaded ({_one_line(exc)})")) from None
+        raise PipelineError(_offline_hint(f"'vggface2' could not be downloaded ({one_line(exc)})")) from None
     finally:
         socket.setdefaulttimeout(previous)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:200] if text else type(exc).__name__
 
 
 @register_extractor

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import PipelineError
+from pipeline.fingerprint import sha256_file
 
 TRAIN_STATE = "trainer_state.json"
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
@@ -170,7 +171,7 @@ def _sha256_json(value: Any) -> str:
 def code_version() -> dict[str, Any]:
     """The git commit of this code (None outside a git checkout) and the sha256 of the model's sources."""
     here = Path(__file__).resolve().parent
-    sources = {n: hashlib.sha256((here / n).read_bytes()).hexdigest() for n in CODE_FILES if (here / n).is_file()}
+    sources = {n: sha256_file(here / n) for n in CODE_FILES if (here / n).is_file()}
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10, check=True).stdout

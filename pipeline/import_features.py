@@ -139,7 +139,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import __version__
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, one_line
 from pipeline.fingerprint import Fingerprint, sha256_file
 from pipeline.manifest import (
     MANIFEST_FILE,
@@ -247,7 +247,7 @@ def load_pickle(path: Path) -> Any:
         with open(path, "rb") as handle:
             return pickle.load(handle, encoding="latin1")
     except Exception as exc:  # unpickling can raise almost anything for a file that is not one
-        raise PipelineError(f"{path}: not a readable pickle ({type(exc).__name__}: {_one_line(exc)})") from None
+        raise PipelineError(f"{path}: not a readable pickle ({type(exc).__name__}: {one_line(exc)})") from None
 
 
 def select_layout(obj: Any, fmt: str, corpus: str, path: Path) -> Layout:
@@ -318,10 +318,6 @@ def _split_list(items: Mapping[str, Any], field: str, path: Path) -> list[Any]:
 # ----------------------------------------------------------------------------- per-utterance values
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
-
-
 def _json_safe(value: Any) -> Any:
     if isinstance(value, np.generic):
         value = value.item()
@@ -383,7 +379,7 @@ def _speaker(value: Any, corpus: str, where: str) -> _Speaker:
     try:
         vector = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise PipelineError(f"{where}: speaker is not a one-hot vector ({_one_line(exc)})") from None
+        raise PipelineError(f"{where}: speaker is not a one-hot vector ({one_line(exc)})") from None
     if vector.ndim != 1 or vector.size == 0:
         raise PipelineError(f"{where}: speaker has shape {tuple(vector.shape)}, not a one-hot vector")
     index = int(np.argmax(vector))
@@ -399,7 +395,7 @@ def _vector(value: Any, where: str) -> np.ndarray:
     try:
         array = np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError) as exc:
-        raise PipelineError(f"{where} is not a numeric vector ({_one_line(exc)})") from None
+        raise PipelineError(f"{where} is not a numeric vector ({one_line(exc)})") from None
     if array.ndim == 0:
         raise PipelineError(f"{where} is a single value ({value!r}), not a feature vector")
     return np.ascontiguousarray(array)

@@ -7,7 +7,6 @@ across utterances (`feature_shuffle`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import fields, replace
@@ -24,6 +23,7 @@ from model.train import TrainConfig, load_train_config, train
 from pipeline.cli import main
 from pipeline.errors import PipelineError
 from pipeline.feature_store import FeatureStoreReader
+from pipeline.fingerprint import sha256_file
 from pipeline.manifest import MANIFEST_FILE, manifest_metadata, read_manifest, write_manifest
 from train_fixture import LABELS, make_corpus
 
@@ -43,8 +43,6 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +172,7 @@ def test_two_cpu_runs_give_identical_weights_and_metrics(corpus, straight, tmp_p
     again = tmp_path / "again"
     train("meld", *corpus, again, SMALL, **QUIET)
     for name in ("best/model.safetensors", "best/checkpoint.json", "last/model.safetensors", "metrics.json"):
-        assert sha256(straight / name) == sha256(again / name), name
+        assert sha256_file(straight / name) == sha256_file(again / name), name
 
 
 def test_a_killed_run_resumes_to_exactly_the_straight_run(corpus, straight, tmp_path):
@@ -198,7 +196,7 @@ def test_a_killed_run_resumes_to_exactly_the_straight_run(corpus, straight, tmp_
         "last/scheduler.bin", "last/trainer_state.json", "metrics.json", "dvclive/metrics.json",
         "dvclive/plots/metrics/dev/weighted_f1.tsv", "dvclive/plots/metrics/train/loss.tsv",
     ):
-        assert sha256(straight / name) == sha256(out / name), name
+        assert sha256_file(straight / name) == sha256_file(out / name), name
     curve = (out / "dvclive/plots/metrics/dev/weighted_f1.tsv").read_text().splitlines()
     assert [line.split("\t")[0] for line in curve] == ["step", "1", "2", "3", "4"]  # every epoch once
 
@@ -215,12 +213,12 @@ def test_changed_config_does_not_resume(corpus, straight, tmp_path):
 def test_checkpoint_records_what_lineage_needs(corpus, straight):
     prepared, features = corpus
     record = json.loads((straight / "best/checkpoint.json").read_text())
-    assert record["weights_sha256"] == sha256(straight / "best/model.safetensors")
-    assert record["data"]["manifest_sha256"] == sha256(prepared / MANIFEST_FILE)
+    assert record["weights_sha256"] == sha256_file(straight / "best/model.safetensors")
+    assert record["data"]["manifest_sha256"] == sha256_file(prepared / MANIFEST_FILE)
     for m in ("text", "audio", "face"):
         store = record["data"]["stores"][m]
         assert store["metadata"]["manifest_sha256"] == record["data"]["manifest_sha256"]
-        assert store["metadata"]["model_sha256"] and store["index_sha256"] == sha256(features / m / "index.json")
+        assert store["metadata"]["model_sha256"] and store["index_sha256"] == sha256_file(features / m / "index.json")
     assert record["label_map"] == {n: i for i, n in enumerate(LABELS)}
     assert record["speaker_map"]["rule"] == "name" and record["seed"] == 0
     assert record["train_config"]["lr"] == SMALL.lr and record["model_config"]["hidden_size"] == 16
