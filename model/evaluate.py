@@ -240,6 +240,7 @@ def evaluate_checkpoint(
     from model.data import DialogueBatchSampler, DialogueIndices, SpeakerMap, load_corpus
     from model.train import make_accelerator
     from pipeline.atomic import atomic_output_dir
+    from pipeline.stage_report import REPORT_FILE
 
     config = config or EvaluateConfig()
     checkpoint, out = Path(checkpoint), Path(out)
@@ -271,6 +272,7 @@ def evaluate_checkpoint(
         }
     }
     files: dict[str, str] = {}
+    scored: dict[str, int] = {}
     for name in config.splits:
         if name not in data.splits:
             raise PipelineError(f"{data.manifest_path}: no {name} split to evaluate")
@@ -281,6 +283,7 @@ def evaluate_checkpoint(
         )
         predictions = predict(accelerator, model, accelerator.prepare(loader), split, len(label_names))
         results[name] = split_metrics(predictions, label_names)
+        scored[name] = len(predictions.probabilities)
         suffix = "" if name == "test" else f"_{name}"
         files[f"predictions{suffix}.csv"] = predictions_csv(predictions, label_names)
         files[f"confusion{suffix}.csv"] = confusion_csv(predictions, label_names)
@@ -288,6 +291,8 @@ def evaluate_checkpoint(
         with atomic_output_dir(out) as tmp:
             # not key-sorted: per-class entries stay in label-index order
             (tmp / "metrics.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+            report = data.stage_report("evaluate", config.splits, scored=scored)
+            (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
             for file, text in files.items():
                 (tmp / file).write_text(text, encoding="utf-8")
     accelerator.wait_for_everyone()

@@ -54,6 +54,7 @@ import torch
 
 from pipeline.errors import PipelineError
 from pipeline.fingerprint import sha256_file
+from pipeline.stage_report import REPORT_FILE
 
 TRAIN_STATE = "trainer_state.json"
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
@@ -284,7 +285,6 @@ def train(
     from model.cmath import CMATH
     from model.data import DialogueBatchSampler, DialogueIndices, load_corpus
     from model.evaluate import CHECKPOINT_JSON, STATS_FILE, WEIGHTS_FILE, predict, split_metrics
-    from pipeline.fingerprint import sha256_file
 
     out = Path(out)
     accelerator = make_accelerator(config.mixed_precision, cpu)
@@ -475,6 +475,7 @@ def train(
     if accelerator.is_main_process:
         _write_dvclive(out / "dvclive", history, artifact=(best_dir, f"cmath-{corpus}"))
         _atomic_json(out / "metrics.json", metrics)
+        _atomic_json(out / REPORT_FILE, data.stage_report("train"))
     accelerator.wait_for_everyone()
     say(
         f"best epoch {best['epoch']} (dev wF1 {best['dev']['weighted_f1']:.4f}): "

@@ -38,12 +38,14 @@ writer's is stale: it is redone, never mixed with current shards.
 
 "shards" is in plan order; "utterances" lists stored ids only.
 
-``report.json``::
+``report.json`` (the extract stage's report, common keys as in `pipeline.stage_report`)::
 
-    {"store": {...}, "counts": {"in": N, "out": stored, "missing": ..., "flagged": ...},
+    {"stage": "extract", "corpus": ..., "modality": ..., "store": {...},
+     "counts": {"in": N, "out": stored, "dropped": missing, "missing": ..., "flagged": ...},
+     "dropped_by_reason": {reason: n}, "flagged_by_reason": {reason: n},
      "missing": [{"utterance_id", "reason"}], "flagged": [{"utterance_id", "reason"}]}
 
-in manifest order; "flagged" counts stored utterances with a flag (in = out + missing).
+lists in manifest order; "flagged" counts stored utterances with a flag (in = out + missing).
 
 ``availability.safetensors``: tensor ``"available"``, bool [N], True where the utterance has a
 tensor, in manifest order; metadata key ``"mer_availability"`` = JSON
@@ -75,6 +77,7 @@ from safetensors.torch import save as safetensors_save
 from pipeline.atomic import atomic_write_bytes
 from pipeline.errors import PipelineError
 from pipeline.fingerprint import sha256_file
+from pipeline.stage_report import stage_counts
 
 FORMAT_VERSION = 1
 STORE_KEY = "mer_store"
@@ -435,17 +438,14 @@ def _report(store: dict[str, Any], shards: list[_ShardScan]) -> dict[str, Any]:
     missing = [{"utterance_id": uid, "reason": r} for s in shards for uid, r in _in_plan_order(s, s.missing)]
     flagged = [{"utterance_id": uid, "reason": r} for s in shards for uid, r in _in_plan_order(s, s.flagged)]
     total = sum(len(s.planned) for s in shards)
-    return {
-        "store": store,
-        "counts": {
-            "in": total,
-            "out": total - len(missing),
-            "missing": len(missing),
-            "flagged": len(flagged),
-        },
-        "missing": missing,
-        "flagged": flagged,
-    }
+    report = stage_counts(
+        "extract", store["corpus"], total, total - len(missing),
+        dropped=[(e["utterance_id"], e["reason"]) for e in missing],
+        flagged=[(e["utterance_id"], e["reason"]) for e in flagged],
+    )
+    report["counts"]["missing"] = len(missing)  # the store's own word for dropped: no tensor, availability False
+    report.update({"modality": store["modality"], "store": store, "missing": missing, "flagged": flagged})
+    return report
 
 
 def _in_plan_order(scan: _ShardScan, reasons: dict[str, str]) -> list[tuple[str, str]]:

@@ -144,7 +144,6 @@ from pipeline.fingerprint import Fingerprint, sha256_file
 from pipeline.manifest import (
     MANIFEST_FILE,
     SPLITS,
-    SUMMARY_FILE,
     CorpusReadResult,
     Exclusion,
     Utterance,
@@ -152,6 +151,7 @@ from pipeline.manifest import (
     manifest_metadata,
     read_manifest,
     write_manifest,
+    write_summary_and_report,
 )
 
 FORMATS = ("dialoguernn", "sdt")
@@ -722,9 +722,7 @@ def import_features(
         reports = _write_stores(tmp, imported, layout, pickle_path, pickle_sha, text_layers, dtype)
         summary["import"] = _import_section(imported, layout, pickle_path, pickle_sha, reports, fraction=dev_fraction,
                                             seed=seed, text_layers=text_layers, dtype=dtype)
-        (prepared_tmp / SUMMARY_FILE).write_text(
-            json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
+        write_summary_and_report(prepared_tmp, result, summary, stage="import-features")
         _check_replaceable(prepared_final, features_final)  # nothing else appeared meanwhile
         _publish(tmp, out_dir, corpus)
     finally:

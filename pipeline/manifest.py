@@ -146,6 +146,24 @@ def write_manifest(utterances: list[Utterance], path: Path, metadata: dict[str, 
     pq.write_table(table, path)
 
 
+def write_summary_and_report(folder: Path, result: CorpusReadResult, summary: dict[str, Any],
+                             stage: str = "prepare") -> None:
+    """The audit files of a prepared folder (beside manifest.parquet): summary.json and report.json.
+
+    The stage report accounts for every utterance record the reader saw: kept, or excluded with a reason.
+    """
+    from pipeline.stage_report import REPORT_FILE, stage_counts
+
+    report = stage_counts(
+        stage, result.corpus, result.utterances_seen, len(result.utterances),
+        dropped=[(e.utterance_id, e.reason) for e in result.excluded],
+        flagged=[(u.utterance_id, "; ".join(u.flags)) for u in result.utterances if u.flags],
+    )
+    report["details"] = f"{SUMMARY_FILE} lists every excluded and flagged utterance with its source"
+    for name, value in ((SUMMARY_FILE, summary), (REPORT_FILE, report)):
+        (folder / name).write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def read_manifest(path: Path) -> list[dict[str, Any]]:
     """Rows of a manifest as dicts (attributes decoded). Accepts the file or its folder."""
     path = Path(path)

@@ -3,7 +3,9 @@
 Output folder (written atomically: it appears whole or not at all):
 - `manifest.parquet`: one row per utterance (schema in `pipeline.manifest`);
 - `summary.json`: counts per split and label, every flagged and excluded utterance with its reason,
-  files seen and ignored, and the raw tree's fingerprint.
+  files seen and ignored, and the raw tree's fingerprint;
+- `report.json`: the stage report every stage writes (`pipeline.stage_report`): utterance records
+  seen (in), kept (out), excluded (dropped) and flagged, by reason.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pipeline import __version__
 from pipeline.atomic import atomic_output_dir
 from pipeline.corpora import get_corpus
 from pipeline.errors import PipelineError
-from pipeline.manifest import MANIFEST_FILE, SUMMARY_FILE, build_summary, write_manifest
+from pipeline.manifest import MANIFEST_FILE, build_summary, write_manifest, write_summary_and_report
 
 
 def prepare_corpus(corpus: str, root: Path, out_dir: Path, label_policy: str | None = None) -> dict[str, Any]:
@@ -45,7 +47,7 @@ def prepare_corpus(corpus: str, root: Path, out_dir: Path, label_policy: str | N
     }
     with atomic_output_dir(Path(out_dir)) as tmp:
         write_manifest(result.utterances, tmp / MANIFEST_FILE, metadata)
-        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_summary_and_report(tmp, result, summary)
     return summary
 
 

@@ -20,6 +20,7 @@ from model.evaluate import classification_metrics
 from model.train import TrainConfig, train
 from pipeline.cli import main
 from pipeline.manifest import read_manifest
+from pipeline.stage_report import read_stage_report
 from train_fixture import LABELS, make_corpus
 
 BIN = Path(sys.executable).parent
@@ -98,6 +99,12 @@ def test_evaluate_writes_metrics_confusion_and_predictions(corpus, trained, tmp_
             assert p["gold"] == by_id[p["utterance_id"]]["label"] and p["dialogue_id"] == by_id[p["utterance_id"]]["dialogue_id"]
             probs = [float(p[f"prob_{n}"]) for n in LABELS]
             assert sum(probs) == pytest.approx(1, abs=1e-4) and p["predicted"] == LABELS[int(np.argmax(probs))]
+    # both stage reports account for every dev/test utterance; face is missing for some (the fixture's 20%)
+    scored = [r for r in rows if r["split"] in ("dev", "test")]
+    for stage, folder, n in (("evaluate", out, len(scored)), ("train", trained, len(rows))):
+        report = read_stage_report(folder)
+        assert report["stage"] == stage and report["counts"]["in"] == report["counts"]["out"] == n
+        assert report["counts"]["dropped"] == 0 and report["flagged_by_reason"]["no face feature"] > 0
         accuracy = np.mean([p["gold"] == p["predicted"] for p in predictions])
         assert metrics[split]["accuracy"] == pytest.approx(accuracy)
         with open(out / f"confusion{suffix}.csv", newline="") as handle:

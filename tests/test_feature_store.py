@@ -261,7 +261,9 @@ def test_availability_and_report_follow_the_flags(tmp_path):
     assert avail.utterance_ids == IDS
     assert avail.mask.dtype == torch.bool
     assert avail.mask.tolist() == [uid not in MISSING for uid in IDS]
-    assert reader.report["counts"] == {"in": 9, "out": 8, "missing": 1, "flagged": 1}
+    assert reader.report["counts"] == {"in": 9, "out": 8, "dropped": 1, "missing": 1, "flagged": 1}
+    assert reader.report["dropped_by_reason"] == {"no_face": 1}
+    assert reader.report["flagged_by_reason"] == {"low_confidence": 1}
     assert reader.report["missing"] == [{"utterance_id": "dia0_utt2", "reason": "no_face"}]
     assert reader.report["flagged"] == [{"utterance_id": "dia2_utt0", "reason": "low_confidence"}]
     entry = json.loads((folder / "index.json").read_text())["utterances"]["dia0_utt1"]
