@@ -240,6 +240,15 @@ def _save_folder(accelerator, final: Path, write: Callable[[Path], None], collec
     accelerator.wait_for_everyone()
 
 
+def _recover_folder(accelerator, final: Path) -> None:
+    """Undo a kill between `_save_folder`'s two renames: `final` is gone and `.<name>.old` is the whole
+    previous folder (the new one in `.<name>.partial` may be incomplete), so the old one is put back."""
+    old = final.parent / f".{final.name}.old"
+    if accelerator.is_main_process and not final.exists() and old.is_dir():
+        os.replace(old, final)
+    accelerator.wait_for_everyone()
+
+
 def _publish_best(accelerator, source: Path, best_dir: Path) -> None:
     """Copy last/best to best/ (atomically) unless best/ already holds that checkpoint."""
     from model.evaluate import CHECKPOINT_JSON
@@ -349,6 +358,7 @@ def train(
     last_dir, best_dir = out / "last", out / "best"
     state = {"run_id": run_id, "epochs_done": 0, "history": [], "best_epoch": None, "best_dev_weighted_f1": None,
              "bad_epochs": 0, "stopped_early": False}
+    _recover_folder(accelerator, last_dir)
     previous = last_dir / TRAIN_STATE
     if not fresh and previous.is_file():
         saved = json.loads(previous.read_text(encoding="utf-8"))

@@ -8,11 +8,40 @@ read as valid.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+# errors that mean "out of room", not a bug: the device is full, a quota or a file-size limit is reached
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+
+
+class OutputWriteError(PipelineError, OSError):
+    """An output could not be written for lack of space; nothing partial was left in its place.
+
+    A PipelineError, so the CLI prints it as one line (exit 2) instead of as a bug; still an OSError
+    (with the original errno) for callers that catch those.
+    """
+
+    def __init__(self, path: Path, cause: OSError) -> None:
+        reason = cause.strerror or str(cause)
+        super().__init__(
+            f"{path}: write failed: {reason} (no space left on the device, or a quota or file-size limit); "
+            "nothing partial was kept: free some space and run the stage again"
+        )
+        self.errno = cause.errno
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _no_space(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and not isinstance(exc, OutputWriteError) and exc.errno in _NO_SPACE
 
 
 def _umask() -> int:
@@ -30,7 +59,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # a full device can refuse the new directory entry itself
+        if _no_space(exc):
+            raise OutputWriteError(path, exc) from exc
+        raise
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -38,9 +72,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(handle.fileno())
         os.chmod(tmp, _default_mode(is_dir=False))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if _no_space(exc):
+            raise OutputWriteError(path, exc) from exc
         raise
 
 
@@ -60,8 +96,10 @@ def atomic_output_dir(path: Path) -> Iterator[Path]:
     os.chmod(tmp, _default_mode(is_dir=True))
     try:
         yield tmp
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if _no_space(exc):
+            raise OutputWriteError(path, exc) from exc
         raise
     old = None
     if path.exists():

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, one_line
 
 
 def _cmd_demo_corpus(args: argparse.Namespace) -> None:
@@ -110,6 +110,31 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"metrics, confusion plots and predictions written to {args.out}")
 
 
+def _cmd_lineage(args: argparse.Namespace) -> int:
+    from pipeline.lineage import describe, trace, write_json
+
+    lineage = trace([Path(p) for p in args.paths] or None, project=Path(args.project))
+    print(describe(lineage))
+    if args.json:
+        write_json(lineage, Path(args.json))
+    return 1 if lineage.broken else 0
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from pipeline.run_report import write_run_report
+
+    written = write_run_report(
+        corpus=args.corpus,
+        prepared=Path(args.prepared),
+        features=Path(args.features),
+        train=Path(args.train),
+        evaluation=Path(args.eval),
+        out=Path(args.out),
+    )
+    for path in written:
+        print(f"run report written to {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.corpora import available_corpora
 
@@ -196,20 +221,55 @@ def build_parser() -> argparse.ArgumentParser:
     evl.add_argument("--params", type=Path, help="params.yaml whose `evaluate` section configures it")
     evl.add_argument("--cpu", action="store_true", help="run on CPU even if a GPU is present")
     evl.set_defaults(func=_cmd_evaluate)
+
+    lin = sub.add_parser(
+        "lineage",
+        help="trace a result back to its raw files (metrics <- checkpoint <- feature stores <- manifest <- raw) "
+        "and check every link; exit 1 if one is broken",
+    )
+    lin.add_argument("paths", nargs="*", metavar="PATH",
+                     help="a metrics file, checkpoint folder, feature store or manifest; default: the metrics "
+                     "files declared in dvc.yaml")
+    lin.add_argument("--json", metavar="FILE", help="also write the chain and its checks as JSON")
+    lin.add_argument("--project", default=".", help="the DVC project (for dvc.yaml / dvc.lock); default: .")
+    lin.set_defaults(func=_cmd_lineage)
+
+    rep = sub.add_parser("report", help="render one corpus's run as a self-contained HTML page and Markdown")
+    rep.add_argument("--corpus", required=True, choices=sorted(corpora))
+    rep.add_argument("--prepared", required=True, help="the prepared corpus folder")
+    rep.add_argument("--features", required=True, help="the folder holding text/, audio/, face/ stores")
+    rep.add_argument("--train", required=True, help="the training output folder (metrics.json, dvclive/, best/)")
+    rep.add_argument("--eval", required=True, help="the evaluation output folder")
+    rep.add_argument("--out", required=True, help="output folder for report.html and report.md")
+    rep.set_defaults(func=_cmd_report)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted after the subcommand too
+    args = parser.parse_args([a for a in argv if a != "--debug"])
     try:
-        args.func(args)
+        code = args.func(args)
     except PipelineError as exc:
-        if args.debug:
+        if debug:
             raise
-        print(f"mer {args.command}: error: {exc}", file=sys.stderr)
+        print(f"mer {args.command}: error: {one_line(exc, limit=2000)}", file=sys.stderr)
         return 2
-    return 0
+    except KeyboardInterrupt:
+        print(f"mer {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug or an environment problem we did not foresee: still one line
+        if debug:
+            raise
+        print(
+            f"mer {args.command}: unexpected error: {type(exc).__name__}: {one_line(exc)} "
+            "(rerun with --debug for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return 1
+    return code or 0
 
 
 if __name__ == "__main__":
