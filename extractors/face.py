@@ -33,7 +33,8 @@ fraction of sampled frames in which a face was used (in [0, 1], comparable acros
 lengths), giving [513].
 
 Missing (no tensor; the store's availability mask is False, which is what the trainer masks on):
-``no_video`` (manifest says has_video False or no path), ``video_file_not_found``,
+``no_video`` (manifest says has_video False or no path; the manifest's own flag, e.g.
+``unreadable_clip`` or ``clip_without_video``, when it gives one), ``video_file_not_found``,
 ``empty_video_file``, ``unreadable_video`` (container does not open: truncated, garbage),
 ``no_video_stream`` (e.g. audio-only mp4), ``no_decodable_frame``, ``span_outside_video`` (the
 span starts after the last frame), and ``no_face`` (no face >= min_face_prob in any sampled
@@ -103,6 +104,8 @@ VGGFACE2 = "vggface2"
 VGGFACE2_URL = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt"
 PARAM_KEY = "extract.face.weights"
 REGIONS = ("full", "left", "right")
+# manifest flags that say why a row has no video, most specific first (see pipeline/corpora)
+NO_VIDEO_FLAGS = ("missing_clip", "unreadable_clip", "clip_without_video", "missing_video", "unreadable_video")
 _TIME_EPS = 1e-6  # seconds; a frame starting within this of a timestamp is on screen at it
 _DOWNLOAD_TIMEOUT_S = 60.0
 
@@ -313,7 +316,8 @@ class FaceDecoder(Decoder):
     def __call__(self, row: dict[str, Any]) -> Decoded:
         uid = row["utterance_id"]
         if not row.get("has_video") or not row.get("video_path"):
-            return Decoded(uid, missing="no_video")
+            reason = next((f for f in NO_VIDEO_FLAGS if f in (row.get("flags") or [])), "no_video")
+            return Decoded(uid, missing=reason)  # the manifest's reason when it gives one
         region = row.get("video_region") or "full"
         if region not in REGIONS:
             raise PipelineError(f"utterance {uid}: video_region {region!r} is not one of {', '.join(REGIONS)}")

@@ -88,7 +88,12 @@ class TextDecoder(Decoder):
                 flags.append("text_truncated")
             if context:
                 flags.append("context_truncated")
-            enc = tok(target, truncation=True, max_length=self.max_tokens)
+            # the target loses its end; truncation_side is "left" only for the context's sake
+            side, tok.truncation_side = tok.truncation_side, "right"
+            try:
+                enc = tok(target, truncation=True, max_length=self.max_tokens)
+            finally:
+                tok.truncation_side = side
             target_seq = 0
         else:
             full = tok(context, target)

@@ -80,7 +80,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         config.seed = args.seed
     if args.seeds < 1:
         raise PipelineError(f"--seeds must be at least 1, got {args.seeds}")
-    kwargs = {"fresh": args.fresh, "cpu": args.cpu}
+    kwargs = {"fresh": args.fresh, "cpu": args.cpu, "feature_shuffle": args.feature_shuffle}
     if args.seeds == 1:
         train(args.corpus, Path(args.prepared), Path(args.features), Path(args.out), config, **kwargs)
         return
@@ -208,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="N runs with seeds seed..seed+N-1 into OUT/seed-<s>/, and OUT/seeds.json with mean and std")
     trn.add_argument("--fresh", action="store_true", help="ignore a resumable OUT/last and start from epoch 1")
     trn.add_argument("--cpu", action="store_true", help="run on CPU even if a GPU is present")
+    trn.add_argument("--feature-shuffle", type=int, metavar="SEED",
+                     help="alignment check, not a result: give every utterance another utterance's features "
+                     "(permuted with SEED within each split); the test score must fall to chance")
     trn.set_defaults(func=_cmd_train)
 
     evl = sub.add_parser(

@@ -172,7 +172,7 @@ def remote_configured(project: Path) -> bool:
     """Whether the project's DVC config (or its local override) defines a remote."""
     parser = configparser.ConfigParser()
     parser.read([project / ".dvc" / "config", project / ".dvc" / "config.local"])
-    return any(section.startswith("remote ") for section in parser.sections())
+    return any(section.strip("'").startswith("remote ") for section in parser.sections())
 
 
 class _Tracer:
@@ -461,7 +461,8 @@ class _Tracer:
             "excluded by reason": summary.get("exclusion_counts", {}),
             "flagged by reason": summary.get("flag_counts", {}),
         })
-        link.check(bool(summary), "summary.json present", "summary.json is missing beside the manifest")
+        link.check(bool(summary), "summary.json present",
+                   "summary.json is missing beside the manifest: its counts and exclusions cannot be shown", WARNING)
         if summary:
             link.check(summary.get("raw_tree_sha256") == meta.get("raw_tree_sha256"),
                        "summary.json belongs to this manifest", "summary.json describes another raw tree")
@@ -490,9 +491,12 @@ class _Tracer:
             candidates.append(self.resolve(self.lock.cmd_option(link.stage, "--root")))
         candidates.append(Path(meta.get("raw_root", "")))
         for root in candidates:
-            if str(root) and root.is_dir():
+            if str(root) not in ("", ".") and root.is_dir():
                 return root
-        link.check(False, "", f"raw corpus folder {meta.get('raw_root')} not found (moved? the chain stops here)")
+        if not meta.get("raw_root") and len(candidates) == 1:
+            link.check(False, "", "the manifest records no raw corpus folder: the chain ends here", WARNING)
+        else:
+            link.check(False, "", f"raw corpus folder {meta.get('raw_root')} not found (moved? the chain stops here)")
         return None
 
     def raw_files(self, root: Path, rows: list[dict[str, Any]], meta: dict[str, str]) -> str:

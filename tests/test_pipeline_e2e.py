@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import PROJECT_ROOT
 from pipeline.feature_store import FeatureStoreReader
@@ -103,9 +104,118 @@ def test_dvc_repro_trains_and_evaluates_both_corpora_far_above_chance(project):
         assert (project / f"data/train/{corpus}/best/model.safetensors").is_file()
 
 
+SHUFFLED_CEILING = 0.35  # chance is about 1/7 (MELD) and 1/6 (IEMOCAP); measured 0.03-0.20 over three seeds
+
+
+def test_shuffling_the_extracted_features_drops_the_demo_to_chance(project, tmp_path):
+    """The same training on the same stores, each utterance given another one's features: the signal
+    the real run found (test weighted F1 > 0.5) is gone. So extraction, storage and loading keep
+    every feature with its own utterance."""
+    from model.train import load_train_config, train
+
+    for corpus in ("meld", "iemocap"):
+        config = load_train_config(project / "params.yaml", corpus)
+        shuffled = train(corpus, project / f"data/prepared/{corpus}", project / f"data/features/{corpus}",
+                         tmp_path / corpus, config, cpu=True, feature_shuffle=1, log=lambda line: None)
+        aligned = json.loads((project / f"data/train/{corpus}/metrics.json").read_text())
+        assert shuffled["feature_shuffle"] == 1 and aligned["feature_shuffle"] is None
+        assert shuffled["test"]["weighted_f1"] < SHUFFLED_CEILING < 0.5 < aligned["test"]["weighted_f1"], corpus
+
+
 def test_dvc_status_is_clean_after_repro(project):
     out = run(["dvc", "status"], project).stdout
     assert "changed" not in out, out
+
+
+@contextlib.contextmanager
+def tampered(path: Path, content: bytes):
+    """Replace a file's bytes, then put back the original bytes and timestamps (so fingerprints match again)."""
+    original, stat = path.read_bytes(), path.stat()
+    path.write_bytes(content)
+    try:
+        yield
+    finally:
+        path.write_bytes(original)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def lineage(project: Path, *args: str) -> tuple[int, str, dict]:
+    out = project / "lineage.json"
+    proc = subprocess.run([str(BIN / "mer"), "lineage", *args, "--json", str(out)], cwd=project,
+                          capture_output=True, text=True)
+    assert proc.returncode in (0, 1), proc.stderr
+    return proc.returncode, proc.stdout, json.loads(out.read_text())
+
+
+def test_lineage_of_the_demo_metrics_is_whole_and_agrees_with_dvc_lock(project):
+    code, text, chain = lineage(project)  # default: every metrics file declared in dvc.yaml
+    assert code == 0 and chain["broken"] == [], text
+    links = {link["path"]: link for link in chain["links"]}
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    for corpus in ("meld", "iemocap"):
+        evaluation = links[f"data/eval/{corpus}/metrics.json"]
+        assert evaluation["stage"] == f"evaluate@{corpus}" and evaluation["inputs"] == [f"data/train/{corpus}/best"]
+        checkpoint = links[f"data/train/{corpus}/best"]
+        assert checkpoint["stage"] == f"train@{corpus}"
+        # the commit of the code that ran: the installed package's checkout, not the project copy's
+        assert checkpoint["facts"]["git commit"].split()[0] == run(["git", "rev-parse", "HEAD"], PROJECT_ROOT).stdout.strip()
+        assert set(checkpoint["inputs"]) == {
+            *(f"data/features/{corpus}/{m}" for m in ("text", "audio", "face")), f"data/prepared/{corpus}/manifest.parquet"
+        }
+        for modality in ("text", "audio", "face"):
+            store = links[f"data/features/{corpus}/{modality}"]
+            assert store["stage"] == f"extract@{corpus}-{modality}"
+            # the params the store recorded are the ones dvc.lock holds for the stage that made it
+            locked = lock[store["stage"]]["params"]["params.yaml"][f"extract.{modality}"]
+            assert {k: v for k, v in store["facts"]["params"].items() if k in locked} == {
+                k: v for k, v in locked.items() if k != "num_workers"
+            }
+        manifest = links[f"data/prepared/{corpus}/manifest.parquet"]
+        root = "data/demo/" + ("MELD.Raw" if corpus == "meld" else "IEMOCAP_full_release")
+        assert manifest["stage"] == f"prepare@{corpus}" and manifest["inputs"] == [root]
+        sources = {s["path"] for r in read_manifest(project / f"data/prepared/{corpus}") for s in r["sources"]}
+        assert links[root]["facts"]["files read"] == len(sources) > 50
+    assert "0 broken" in text.splitlines()[-1]
+
+
+def test_lineage_names_an_edited_raw_file_as_the_broken_link(project):
+    csv = project / "data/demo/MELD.Raw/dev_sent_emo.csv"
+    with tampered(csv, csv.read_bytes().replace(b"Ross", b"Rosa", 1)):  # same size, other content
+        code, text, chain = lineage(project, "data/eval/meld/metrics.json")
+        assert code == 1
+        assert chain["broken"] == ["data/demo/MELD.Raw: 1 raw files differ from their fingerprints: "
+                                   "dev_sent_emo.csv changed content (sha256)"], text
+        assert "BROKEN data/demo/MELD.Raw" in text
+    assert lineage(project, "data/eval/meld/metrics.json")[0] == 0
+
+
+def test_lineage_names_a_swapped_shard_and_a_store_from_another_manifest(project):
+    store = project / "data/features/iemocap/face"
+    shards = sorted(store.glob("shard-*.safetensors"))
+    assert len(shards) >= 2
+    with tampered(shards[1], shards[0].read_bytes()):
+        code, _, chain = lineage(project, "data/eval/iemocap/metrics.json")
+        assert code == 1
+        assert chain["broken"] == [f"data/features/iemocap/face: shards changed or missing since the store was "
+                                   f"written: {shards[1].name}"]
+    # a store rebuilt from another manifest: the checkpoint's record and the store disagree
+    index = store / "index.json"
+    other = index.read_bytes().replace(b'"manifest_sha256": "', b'"manifest_sha256": "0', 1)
+    with tampered(index, other):
+        code, _, chain = lineage(project, "data/train/iemocap/best")
+        assert code == 1
+        assert any("face store data/features/iemocap/face changed since training" in b for b in chain["broken"])
+        assert any("built from another manifest" in b for b in chain["broken"])
+
+
+def test_lineage_names_weights_changed_since_extraction(project):
+    weights = project / "data/models/facenet-random.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    with tampered(weights, bytes(data)):
+        code, _, chain = lineage(project, "data/features/meld/face")
+        assert code == 1
+        assert len(chain["broken"]) == 1 and "model weights at data/models/facenet-random.safetensors changed" in chain["broken"][0]
 
 
 def test_changing_audio_settings_reruns_only_the_audio_stages(project):

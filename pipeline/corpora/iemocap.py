@@ -277,10 +277,13 @@ def split_of(session: int, dialogue_id: str) -> str:
 
 def read_lines(path: Path) -> list[str]:
     """The file's lines; a file that is not UTF-8 text is a format error, not a crash."""
+    raw = path.read_bytes()
     try:
-        return path.read_text(encoding="utf-8-sig").splitlines()
+        return raw.decode("utf-8-sig").splitlines()
     except UnicodeDecodeError as exc:
-        raise CorpusFormatError(path, f"not UTF-8 text ({exc})") from exc
+        data = exc.object  # what the codec was decoding (after a BOM, if any)
+        line, byte = data.count(b"\n", 0, exc.start) + 1, data[exc.start]
+        raise CorpusFormatError(path, f"not UTF-8 text (byte 0x{byte:02x}: {exc.reason})", line) from None
 
 
 def parse_emo_evaluation(path: Path, dialogue_id: str) -> list[Turn]:

@@ -56,6 +56,7 @@ class _Row:
     sr_no: str
     start_s: float
     end_s: float
+    repaired_encoding: bool = False  # stray non-UTF-8 bytes in the row were read as cp1252
 
 
 def repair_text(text: str) -> str:
@@ -83,17 +84,41 @@ def parse_time(value: str) -> float:
     return int(hours) * 3600 + int(minutes) * 60 + int(seconds) + int(fraction) / 10 ** len(fraction)
 
 
-def _decode(path: Path) -> str:
+def _decode(path: Path) -> tuple[str, set[int]]:
+    """The file's text, and the (1-based) lines where stray non-UTF-8 bytes were read as cp1252.
+
+    A file with no valid multi-byte UTF-8 at all is a cp1252 copy: read whole as cp1252, no lines
+    reported. A UTF-8 file with a few invalid bytes keeps its UTF-8 (decoding it all as cp1252
+    would turn every ’ of the file into Â’) and only those bytes are read as cp1252.
+    """
     raw = path.read_bytes()
     try:
-        return raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig"), set()
     except UnicodeDecodeError:
-        return raw.decode("cp1252", errors="strict")
+        pass
+    text = raw.decode("utf-8-sig", errors="surrogateescape")  # invalid bytes -> U+DC80..U+DCFF
+    if all(ord(c) < 0x80 or 0xDC80 <= ord(c) <= 0xDCFF for c in text):
+        return raw.decode("cp1252", errors="strict"), set()
+    out: list[str] = []
+    lines: set[int] = set()
+    line = 1
+    for char in text:
+        if char == "\n":
+            line += 1
+        elif 0xDC80 <= ord(char) <= 0xDCFF:
+            byte = ord(char) - 0xDC00
+            try:
+                char = bytes([byte]).decode("cp1252")
+            except UnicodeDecodeError:
+                raise CorpusFormatError(path, f"byte 0x{byte:02x} is neither UTF-8 nor cp1252 text", line=line) from None
+            lines.add(line)
+        out.append(char)
+    return "".join(out), lines
 
 
 def _read_csv(path: Path, split: str) -> list[_Row]:
     try:
-        text = _decode(path)
+        text, repaired_lines = _decode(path)
     except UnicodeDecodeError as exc:
         raise CorpusFormatError(path, f"neither UTF-8 nor cp1252 text ({exc.reason} at byte {exc.start})") from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
@@ -101,8 +126,10 @@ def _read_csv(path: Path, split: str) -> list[_Row]:
     if missing:
         raise CorpusFormatError(path, f"missing column(s) {missing}; expected header {','.join(COLUMNS)}", line=1)
     rows = []
+    last_line = reader.line_num  # the header's
     for record in reader:
         line = reader.line_num
+        first_line, last_line = last_line + 1, line  # a quoted field can span lines
         if None in record or any(record[c] is None for c in COLUMNS):
             raise CorpusFormatError(path, "wrong number of fields", line=line)
         emotion = record["Emotion"].strip().lower()
@@ -120,6 +147,7 @@ def _read_csv(path: Path, split: str) -> list[_Row]:
                     emotion=emotion, sentiment=sentiment,
                     season=int(record["Season"]), episode=int(record["Episode"]), sr_no=record["Sr No."].strip(),
                     start_s=parse_time(record["StartTime"]), end_s=parse_time(record["EndTime"]),
+                    repaired_encoding=any(first_line <= n <= line for n in repaired_lines),
                 )
             )
         except ValueError as exc:
@@ -211,6 +239,8 @@ def _utterance(row: _Row, labels: list[str], label_field: str, csv_fp: Fingerpri
     )
     if not row.text:
         utt.flag("empty_text")
+    if row.repaired_encoding:
+        utt.flag("repaired_encoding")
     if row.end_s < row.start_s:
         utt.flag("end_before_start")
     elif row.end_s - row.start_s > LONG_SPAN_S:
