@@ -54,6 +54,7 @@ import torch
 
 from pipeline.errors import PipelineError
 from pipeline.fingerprint import sha256_file
+from pipeline.progress import progress
 from pipeline.stage_report import REPORT_FILE
 
 TRAIN_STATE = "trainer_state.json"
@@ -392,7 +393,8 @@ def train(
     }
 
     # ---- the loop ----
-    for epoch in range(state["epochs_done"], config.epochs):
+    epochs = range(state["epochs_done"], config.epochs)
+    for epoch in progress(epochs, f"train {corpus}", unit="epoch") if accelerator.is_main_process else epochs:
         if state["stopped_early"]:
             break
         model.train()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from pipeline.cli import main
@@ -34,3 +36,36 @@ def test_unknown_demo_params_key_is_rejected(tmp_path, capsys):
     assert main(["demo-corpus", str(tmp_path / "demo"), "--params", str(params)]) == 2
     assert "unknown key(s) ['sead']" in capsys.readouterr().err
     assert not (tmp_path / "demo").exists()
+
+
+def test_progress_bars_draw_on_a_terminal_and_stay_out_of_logs(monkeypatch):
+    import io
+
+    from pipeline.progress import progress
+
+    items = [1, 2, 3]
+    assert progress(items, "quiet") is items  # stderr is not a terminal under pytest: no bar at all
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    bar = progress(items, "extract meld text", unit="batch")
+    assert list(bar) == items
+    assert "extract meld text" in terminal.getvalue() and "batch" in terminal.getvalue()
+
+
+def test_an_unexpected_error_is_one_line_unless_debug(monkeypatch, capsys):
+    import pipeline.cli as cli
+
+    def boom(args):
+        raise KeyError("something unforeseen")
+
+    monkeypatch.setattr(cli, "_cmd_tiny_models", boom)  # the parser is built inside main(), with this
+    assert main(["tiny-models", "x"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unexpected error: KeyError" in err and "--debug" in err
+    with pytest.raises(KeyError):
+        main(["tiny-models", "x", "--debug"])  # --debug also after the subcommand

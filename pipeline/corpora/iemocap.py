@@ -21,6 +21,7 @@ from pipeline.errors import CorpusFormatError, PipelineError
 from pipeline.fingerprint import Fingerprint, content_fingerprint, media_fingerprint, relative_to_root
 from pipeline.manifest import CorpusReadResult, Exclusion, Utterance, check_unique_ids
 from pipeline.media import probe_media
+from pipeline.progress import progress
 
 CORPUS = "iemocap"
 RELEASE_DIR = "IEMOCAP_full_release"
@@ -181,7 +182,8 @@ def read_iemocap(root: Path, label_policy: str) -> CorpusReadResult:
     )
     ctx = _Context(release_root, result)
     for session in SESSIONS:
-        for label_path in dialogue_label_files(ctx, session):
+        files = dialogue_label_files(ctx, session)
+        for label_path in progress(files, f"iemocap Session{session}", total=len(files), unit="dialogue"):
             read_dialogue(ctx, session, label_path, label_policy)
     check_unique_ids(result)
     return result

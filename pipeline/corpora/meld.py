@@ -26,6 +26,7 @@ from pipeline.errors import CorpusFormatError
 from pipeline.fingerprint import Fingerprint, content_fingerprint, media_fingerprint, relative_to_root
 from pipeline.manifest import CorpusReadResult, Utterance, check_unique_ids
 from pipeline.media import MediaProbe, probe_media
+from pipeline.progress import progress
 
 EMOTIONS = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]  # MELD baseline order
 SENTIMENTS = ["neutral", "positive", "negative"]
@@ -277,7 +278,8 @@ def read_meld(root: Path, label_policy: str) -> CorpusReadResult:
             result.ignore("unlabeled_clips", relative_to_root(meld_root, clips[key]))
         wanted = [clips.get((r.dialogue, r.utterance)) for r in rows]
         with ThreadPoolExecutor(max_workers=4) as pool:
-            probes = list(pool.map(lambda p: probe_media(p) if p else None, wanted))
+            probed = pool.map(lambda p: probe_media(p) if p else None, wanted)
+            probes = list(progress(probed, f"meld {split}: probing clips", total=len(wanted), unit="clip"))
         for row, clip, probe in zip(rows, wanted, probes):
             utt = _utterance(row, labels, label_policy, csv_fp)
             _media_fields(utt, clip, probe, meld_root)
