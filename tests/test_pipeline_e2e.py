@@ -122,6 +122,25 @@ def test_shuffling_the_extracted_features_drops_the_demo_to_chance(project, tmp_
         assert shuffled["test"]["weighted_f1"] < SHUFFLED_CEILING < 0.5 < aligned["test"]["weighted_f1"], corpus
 
 
+def test_dvc_repro_renders_the_run_page_of_each_corpus(project):
+    """`report@<corpus>` on the real demo run: a well-formed page whose scores and counts are the run's."""
+    from test_run_report import _parse_page, _svgs, _table
+
+    for corpus in ("meld", "iemocap"):
+        page = (project / f"data/report/{corpus}/report.html").read_text(encoding="utf-8")
+        parser = _parse_page(page)  # every tag closed in order
+        svgs = _svgs(page)  # every figure parses as SVG
+        assert len(svgs) >= 2 and all(svg.tag.endswith("svg") for svg in svgs)
+        summary = json.loads((project / f"data/prepared/{corpus}/summary.json").read_text())
+        splits = _table(parser, "split")
+        assert {name: splits[name]["utterances"] for name in summary["splits"]} == {
+            name: str(info["utterances"]) for name, info in summary["splits"].items()
+        }
+        metrics = json.loads((project / f"data/eval/{corpus}/metrics.json").read_text())
+        assert f"{metrics['test']['weighted_f1']:.4f}" in page
+        assert (project / f"data/report/{corpus}/report.md").is_file()
+
+
 def test_dvc_status_is_clean_after_repro(project):
     out = run(["dvc", "status"], project).stdout
     assert "changed" not in out, out
