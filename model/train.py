@@ -250,6 +250,31 @@ def _recover_folder(accelerator, final: Path) -> None:
     accelerator.wait_for_everyone()
 
 
+def train_epoch(accelerator, model, loader, optimizer, scheduler, grad_clip: float, loss_names: list[str]
+                ) -> dict[str, float]:
+    """One pass over the training dialogues: {"loss": mean total loss, <term>: mean of each loss term},
+    averaged over the batches of all processes."""
+    model.train()
+    sums = torch.zeros(2 + len(loss_names), dtype=torch.float64, device=accelerator.device)  # loss, batches, terms
+    for batch in loader:
+        output = model(batch)
+        # a batch without any label still takes part (zero loss), so processes stay in step
+        loss = output.loss if output.loss is not None else output.logits.sum() * 0.0
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        if grad_clip > 0:
+            accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        scheduler.step()
+        zero, one = torch.zeros((), device=loss.device), torch.ones((), device=loss.device)
+        terms = [output.losses.get(name, zero).detach() for name in loss_names]
+        sums += torch.stack([loss.detach().float(), one, *[t.float() for t in terms]]).to(sums)
+    sums = accelerator.reduce(sums, reduction="sum").cpu()
+    losses = {"loss": float(sums[0] / sums[1])}
+    losses.update({name: float(sums[2 + i] / sums[1]) for i, name in enumerate(loss_names)})
+    return losses
+
+
 def _publish_best(accelerator, source: Path, best_dir: Path) -> None:
     """Copy last/best to best/ (atomically) unless best/ already holds that checkpoint."""
     from model.evaluate import CHECKPOINT_JSON
@@ -397,26 +422,10 @@ def train(
     for epoch in progress(epochs, f"train {corpus}", unit="epoch") if accelerator.is_main_process else epochs:
         if state["stopped_early"]:
             break
-        model.train()
         train_sampler.set_epoch(epoch)
         train_loader.set_epoch(epoch)
-        sums = torch.zeros(2 + len(model_config.loss_weights), dtype=torch.float64, device=accelerator.device)
-        for batch in train_loader:
-            output = model(batch)
-            # a batch without any label still takes part (zero loss), so processes stay in step
-            loss = output.loss if output.loss is not None else output.logits.sum() * 0.0
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            if config.grad_clip > 0:
-                accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            zero, one = torch.zeros((), device=loss.device), torch.ones((), device=loss.device)
-            terms = [output.losses.get(name, zero).detach() for name in model_config.loss_weights]
-            sums += torch.stack([loss.detach().float(), one, *[t.float() for t in terms]]).to(sums)
-        sums = accelerator.reduce(sums, reduction="sum").cpu()
-        losses = {"loss": float(sums[0] / sums[1])}
-        losses.update({name: float(sums[2 + i] / sums[1]) for i, name in enumerate(model_config.loss_weights)})
+        losses = train_epoch(accelerator, model, train_loader, optimizer, scheduler, config.grad_clip,
+                             list(model_config.loss_weights))
         scores = {
             name: split_metrics(
                 predict(accelerator, model, eval_loaders[name], split, len(data.label_names)), data.label_names
