@@ -13,7 +13,6 @@ a finished shard is written and dropped before the next one is assembled.
 from __future__ import annotations
 
 import os
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -194,8 +193,6 @@ def describe(report: dict[str, Any], out_dir: Path) -> str:
         f"{counts['in']} utterances, {counts['out']} stored, {counts['missing']} missing, "
         f"{counts['flagged']} flagged -> {out_dir}"
     ]
-    for kind in ("missing", "flagged"):
-        reasons = Counter(reason for entry in report[kind] for reason in entry["reason"].split("; "))
-        for reason, n in sorted(reasons.items()):
-            lines.append(f"  {kind} {n} x {reason}")
+    for kind, by_reason in (("missing", report["dropped_by_reason"]), ("flagged", report["flagged_by_reason"])):
+        lines += [f"  {kind} {n} x {reason}" for reason, n in by_reason.items()]
     return "\n".join(lines)

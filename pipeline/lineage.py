@@ -20,7 +20,6 @@ so the audit agrees with DVC's own record (`dvc status`, `dvc params diff`, `dvc
 from __future__ import annotations
 
 import configparser
-import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -32,7 +31,7 @@ import yaml
 from pipeline.atomic import atomic_write_bytes
 from pipeline.errors import PipelineError
 from pipeline.fingerprint import sha256_file
-from pipeline.stage_report import count_reasons
+from pipeline.stage_report import REPORT_FILE, describe_counts, read_stage_report
 
 OK, WARNING, BROKEN = "ok", "warning", "broken"
 KINDS = ("metrics", "checkpoint", "feature_store", "manifest", "raw_files")  # the chain's order, result first
@@ -126,14 +125,6 @@ def _short(digest: str | None) -> str:
     return (digest or "?")[:12]
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class DvcLock:
     """The stages of a project's dvc.lock: which stage wrote a path, with what params and deps."""
 
@@ -156,12 +147,6 @@ class DvcLock:
         for values in (self.stages.get(stage, {}).get("params") or {}).values():
             merged.update(values)
         return merged
-
-    def dep_md5(self, stage: str, rel: str) -> str | None:
-        for dep in self.stages.get(stage, {}).get("deps", []):
-            if dep["path"] == rel:
-                return dep.get("md5")
-        return None
 
     def cmd_option(self, stage: str, option: str) -> str | None:
         match = re.search(rf"{option}\s+(\S+)", self.stages.get(stage, {}).get("cmd", ""))
@@ -369,24 +354,20 @@ class _Tracer:
         if rel in self.links:
             return rel
         link = self.new_link("feature_store", folder)
-        index_path, report_path = folder / "index.json", folder / "report.json"
+        index_path = folder / "index.json"
         if not link.check(index_path.is_file(), "the store is finished (index.json present)",
                           "the store is unfinished (no index.json): rerun its `mer extract`"):
             return rel
         index = json.loads(index_path.read_text(encoding="utf-8"))
         store = index.get("store", {})
-        report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.is_file() else {}
-        counts = report.get("counts", {})
         link.facts.update({
             "modality": store.get("modality"),
             "extractor": f"{store.get('extractor')} v{store.get('extractor_version')}",
             "model": f"{store.get('model_id')} (weights sha256 {_short(store.get('model_sha256'))})",
             "params": store.get("params", {}),
             "manifest sha256": _short(store.get("manifest_sha256")),
-            "utterances": {k: counts.get(k) for k in ("in", "out", "missing", "flagged")},
-            "missing by reason": count_reasons(e["reason"] for e in report.get("missing", [])),
-            "flagged by reason": count_reasons(e["reason"] for e in report.get("flagged", [])),
         })
+        self._stage_report(link, folder)
         bad = [s["file"] for s in index.get("shards", [])
                if not (folder / s["file"]).is_file() or sha256_file(folder / s["file"]) != s["sha256"]]
         link.check(not bad, f"{len(index.get('shards', []))} shards match index.json",
@@ -401,6 +382,19 @@ class _Tracer:
                        f"{self.rel(manifest)} ({_short(now)}): rerun extraction")
             link.inputs.append(self.visit(manifest))
         return rel
+
+    def _stage_report(self, link: Link, folder: Path) -> None:
+        """The stage's report.json as a fact, checked to add up (in = out + dropped)."""
+        if not (folder / REPORT_FILE).is_file():
+            link.check(False, "", f"no {REPORT_FILE} in {self.rel(folder)}: its counts cannot be shown", WARNING)
+            return
+        try:
+            report = read_stage_report(folder)
+        except PipelineError as exc:
+            link.check(False, "", str(exc))
+            return
+        link.facts["stage report"] = describe_counts(report)
+        link.check(True, f"{REPORT_FILE} accounts for every utterance", "")
 
     def _store_manifest(self, link: Link, folder: Path, store: dict[str, Any]) -> Path | None:
         """The manifest a store was made from: dvc.lock's dep of its stage, else data/prepared/<corpus>."""
@@ -450,17 +444,14 @@ class _Tracer:
         summary_path = path.parent / "summary.json"
         summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
         meta = manifest_metadata(path)
-        counts = summary.get("counts", {})
         link.facts.update({
             "corpus": meta.get("corpus"),
             "label policy": meta.get("label_policy"),
             "split rule": summary.get("split_rule", "?"),
             "raw tree sha256": _short(meta.get("raw_tree_sha256")),
-            "utterances": {k: counts.get(k) for k in ("utterances_seen", "utterances_out", "excluded", "flagged")},
             "per split": {s: v.get("utterances") for s, v in summary.get("splits", {}).items()},
-            "excluded by reason": summary.get("exclusion_counts", {}),
-            "flagged by reason": summary.get("flag_counts", {}),
         })
+        self._stage_report(link, path.parent)
         link.check(bool(summary), "summary.json present",
                    "summary.json is missing beside the manifest: its counts and exclusions cannot be shown", WARNING)
         if summary:

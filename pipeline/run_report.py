@@ -28,6 +28,7 @@ from typing import Any
 
 from pipeline.atomic import atomic_output_dir
 from pipeline.errors import PipelineError
+from pipeline.stage_report import split_reasons
 
 MODALITIES = ("text", "audio", "face")
 SPLITS = ("train", "dev", "test")
@@ -271,11 +272,6 @@ def _examples(ids: Sequence[str]) -> str:
     return shown + (f" … and {len(ids) - MAX_EXAMPLES} more" if len(ids) > MAX_EXAMPLES else "")
 
 
-def split_reasons(reason: str) -> list[str]:
-    """A store records several reasons of one utterance as one '; '-joined string; count each one."""
-    return [part.strip() for part in str(reason).split(";") if part.strip()] or ["(no reason given)"]
-
-
 def reason_rows(run: RunInputs) -> list[list[str]]:
     """One row per (where, what, reason): count and a capped list of example utterance ids."""
     rows: list[list[str]] = []
@@ -296,7 +292,7 @@ def reason_rows(run: RunInputs) -> list[list[str]]:
         for what in ("missing", "flagged"):
             by_reason: dict[str, list[str]] = {}
             for entry in store.report.get(what, []):
-                for reason in split_reasons(entry.get("reason", "")):
+                for reason in split_reasons(entry.get("reason", "")) or ["(no reason given)"]:
                     by_reason.setdefault(reason, []).append(entry.get("utterance_id", "?"))
             for reason in sorted(by_reason):
                 ids = by_reason[reason]

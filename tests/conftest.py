@@ -51,3 +51,15 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     from extractors.tiny_models import build_all
 
     return build_all(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module's tiny models, restored after it. On a busy 2-core
+    machine two spinning threads made tiny models several (up to 20) times slower than one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -25,13 +25,7 @@ NUM_SPEAKERS = 3
 ALL_LOSSES = {"ce", "uni", "kd", "feat", "rec", "vae"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These models are tiny: one intra-op thread is several times faster than two fighting over a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
 
 def tiny_config(**overrides) -> CMATHConfig:

@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from model.train import TrainConfig, train
 from pipeline.cli import main
@@ -25,12 +24,11 @@ CONFIG = {
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
+def run(tmp_path_factory, one_torch_thread) -> Path:
     """A project folder with prepared/, features/ and a trained checkpoint in train/best, made with
     paths relative to the folder (as DVC runs stages), so a copy of the folder is a whole project."""
     root = tmp_path_factory.mktemp("lineage")
-    threads, cwd = torch.get_num_threads(), os.getcwd()
-    torch.set_num_threads(1)
+    cwd = os.getcwd()
     try:
         os.chdir(root)
         make_corpus(Path("."), dialogues={"train": 6, "dev": 3, "test": 3})
@@ -38,7 +36,6 @@ def run(tmp_path_factory) -> Path:
               log=lambda line: None)
     finally:
         os.chdir(cwd)
-        torch.set_num_threads(threads)
     return root
 
 
@@ -47,14 +44,17 @@ def test_a_checkpoint_traces_to_its_stores_and_manifest(run):
     kinds = [link.kind for link in lineage.links.values()]
     assert kinds.count("feature_store") == 3 and kinds.count("manifest") == 1 and kinds[0] == "metrics"
     assert lineage.broken == []
-    # a hand-made corpus: no real model behind the stores, no summary.json, no raw folder; worth a
-    # warning each, none of them a break
+    # a hand-made corpus: no real model behind the stores, no summary.json or report.json beside the
+    # manifest, no raw folder; worth a warning each, none of them a break
     warnings = lineage.problems("warning")
     assert sum("weights of 'planted-signal' are not on this machine" in w for w in warnings) == 3
     assert sum("summary.json is missing" in w for w in warnings) == 1
+    assert sum("no report.json in prepared/meld" in w for w in warnings) == 1
     assert sum("records no raw corpus folder" in w for w in warnings) == 1
     text = describe(lineage)
-    assert "checkpoint train/best" in text and text.splitlines()[-1].endswith("0 broken, 5 warnings")
+    assert "checkpoint train/best" in text and text.splitlines()[-1].endswith("0 broken, 6 warnings")
+    stores = [link for link in lineage.links.values() if link.kind == "feature_store"]
+    assert all(link.facts["stage report"].startswith("extract meld: ") for link in stores)
 
 
 def test_a_missing_store_is_broken_and_says_how_to_get_it_back(run, tmp_path, capsys):

@@ -152,22 +152,6 @@ def section(modality: str, tiny_models: dict[str, Path], **overrides: Any) -> di
     return values
 
 
-@pytest.fixture(scope="module")
-def one_torch_thread():
-    """One intra-op thread for the module's model calls (restored after it).
-
-    The stage sets as many threads as the process may use (2 here); on this shared 2-core machine,
-    two spinning OpenMP threads made the face model 10-20x slower than one (measured: 4 utterances
-    in 20 s instead of 1 s), while features do not depend on the thread count's speed.
-    """
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def build(modality: str, tiny_models: dict[str, Path], **overrides: Any):
     """The configured extractor (model loaded once per module), then back to one torch thread."""
     import torch
