@@ -69,3 +69,15 @@ def test_an_unexpected_error_is_one_line_unless_debug(monkeypatch, capsys):
     assert len(err.splitlines()) == 1 and "unexpected error: KeyError" in err and "--debug" in err
     with pytest.raises(KeyError):
         main(["tiny-models", "x", "--debug"])  # --debug also after the subcommand
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU: the error cannot occur")
+def test_a_gpu_asked_for_on_a_machine_without_one_is_one_line(prepared_demo, tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    params.write_text("extract:\n  text:\n    model: data/models/roberta-tiny\n    device: cuda\n")
+    out = tmp_path / "store"
+    code = main(["extract", "text", "--manifest", str(prepared_demo["meld"]), "--out", str(out), "--params", str(params)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "no usable CUDA GPU" in err and "set device: auto or cpu" in err
+    assert not out.exists()
