@@ -3,7 +3,7 @@
 For each modality it times, on the same inputs:
   (a) loop:     one utterance at a time: decode its clip, run the model on it (how peer
                 toolkits' extraction scripts work); no batching, no decode workers;
-  (b) pipeline: `pipeline.extract.extract_features` as the DVC stage runs it (length-bucketed
+  (b) pipeline: `pipeline.stages.extract.extract_features` as the DVC stage runs it (length-bucketed
                 batches, DataLoader decode workers, store writing included);
   (c) model:    the extractor's `encode` alone on pre-decoded, bucketed batches: the limit.
 and prints utterances/s, (b)/(a), (b)/(c), and each run's peak RSS. Every (mode, modality, size)
@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from extractors.torchvision_compat import ensure_torchvision_ops
+from pipeline.core.torchvision_compat import ensure_torchvision_ops
 
 ensure_torchvision_ops()
 
@@ -48,7 +48,7 @@ BASE_WAV2VEC2 = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_hea
 
 
 def build_models(out: Path, size: str) -> dict[str, Path]:
-    from extractors import tiny_models
+    from pipeline.demo import tiny_models
 
     if size == "tiny":
         return tiny_models.build_all(out)
@@ -76,7 +76,7 @@ def sections(models: dict[str, Path], device: str, workers: int) -> dict[str, di
 def prepare_inputs(work: Path, sizes: list[int]) -> dict[int, Path]:
     """A realistic-length demo corpus, prepared, its manifest repeated to each size."""
     from pipeline.demo import DemoConfig, generate_demo_corpus
-    from pipeline.prepare import prepare_corpus
+    from pipeline.stages.prepare import prepare_corpus
 
     config = DemoConfig(meld_dialogues_train=8, meld_dialogues_dev=2, meld_dialogues_test=2,
                         iemocap_dialogues_train=4, iemocap_dialogues_dev=1, iemocap_dialogues_test=1, iemocap_turns_per_dialogue=(4, 4),
@@ -109,8 +109,8 @@ def peak_rss_mb() -> tuple[float, float]:
 
 def run_mode(mode: str, modality: str, manifest: Path, section: dict[str, Any], out: Path) -> dict[str, Any]:
     """One measurement, in this process. Model loading is outside the timed region in every mode."""
-    from pipeline.extract import build_extractor, extract_features
-    from pipeline.manifest import manifest_metadata, read_manifest
+    from pipeline.stages.extract import build_extractor, extract_features
+    from pipeline.formats.manifest import manifest_metadata, read_manifest
 
     rows = read_manifest(manifest)
     root = Path(manifest_metadata(manifest / "manifest.parquet")["raw_root"])

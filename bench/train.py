@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from model.cmath import CMATH, CMATHConfig
-from model.data import DialogueBatchSampler, DialogueIndices, SplitData
+from pipeline.training.data import DialogueBatchSampler, DialogueIndices, SplitData
 
 SHAPES = {"iemocap-like": (151, 7433, 6), "meld-like": (1432, 13708, 7)}
 DIMS = {"text": 1024, "audio": 1024, "face": 512}

@@ -52,8 +52,8 @@ from extractors.base import (
     register_extractor,
     weights_sha256,
 )
-from extractors.torchvision_compat import ensure_torchvision_ops
-from pipeline.errors import PipelineError
+from pipeline.core.torchvision_compat import ensure_torchvision_ops
+from pipeline.core.errors import PipelineError
 
 # transformers' model modules import torchvision, which fails on a CPU-only torch until the
 # fallback NMS is registered.

@@ -31,8 +31,8 @@ from urllib.parse import urlparse
 
 import torch
 
-from pipeline.errors import PipelineError, one_line
-from pipeline.fingerprint import sha256_file
+from pipeline.core.errors import PipelineError, one_line
+from pipeline.core.fingerprint import sha256_file
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 

@@ -77,7 +77,7 @@ import cv2
 import numpy as np
 import torch
 
-from extractors.torchvision_compat import ensure_torchvision_ops
+from pipeline.core.torchvision_compat import ensure_torchvision_ops
 
 ensure_torchvision_ops()  # facenet_pytorch imports torchvision, whose NMS a CPU-only torch lacks
 
@@ -96,7 +96,7 @@ from extractors.base import (  # noqa: E402
     register_extractor,
     weights_sha256,
 )
-from pipeline.errors import PipelineError, one_line  # noqa: E402
+from pipeline.core.errors import PipelineError, one_line  # noqa: E402
 
 EMBEDDING_DIM = 512
 CROP_SIZE = 160  # InceptionResnetV1's input size

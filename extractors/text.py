@@ -32,8 +32,8 @@ from extractors.base import (
     register_extractor,
     weights_sha256,
 )
-from extractors.torchvision_compat import ensure_torchvision_ops
-from pipeline.errors import PipelineError
+from pipeline.core.torchvision_compat import ensure_torchvision_ops
+from pipeline.core.errors import PipelineError
 
 POOLINGS = ("mean", "cls")
 

@@ -11,11 +11,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.errors import PipelineError, one_line
+from pipeline.core.errors import PipelineError, one_line
 
 
 def _cmd_demo_corpus(args: argparse.Namespace) -> None:
-    from pipeline.config import load_section
+    from pipeline.core.params import load_section
     from pipeline.demo import DemoConfig, generate_demo_corpus
 
     config = load_section(args.params, "demo", DemoConfig) if args.params else DemoConfig()
@@ -27,7 +27,7 @@ def _cmd_demo_corpus(args: argparse.Namespace) -> None:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
-    from pipeline.prepare import describe, prepare_corpus
+    from pipeline.stages.prepare import describe, prepare_corpus
 
     summary = prepare_corpus(args.corpus, Path(args.root), Path(args.out), args.label_policy)
     print(describe(summary))
@@ -35,8 +35,8 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def _cmd_extract(args: argparse.Namespace) -> None:
-    from pipeline.config import load_params
-    from pipeline.extract import describe, extract_features
+    from pipeline.core.params import load_params
+    from pipeline.stages.extract import describe, extract_features
 
     section = None
     if args.params:
@@ -56,14 +56,14 @@ def _cmd_extract(args: argparse.Namespace) -> None:
 
 
 def _cmd_tiny_models(args: argparse.Namespace) -> None:
-    from extractors.tiny_models import build_all
+    from pipeline.demo.tiny_models import build_all
 
     for modality, path in build_all(Path(args.out), seed=args.seed).items():
         print(f"{modality}: {path}")
 
 
 def _cmd_import_features(args: argparse.Namespace) -> None:
-    from pipeline.import_features import describe, import_features
+    from pipeline.stages.import_features import describe, import_features
 
     summary = import_features(
         Path(args.pickle), args.format, args.corpus, Path(args.out),
@@ -73,7 +73,7 @@ def _cmd_import_features(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from model.train import load_train_config, train, train_seeds
+    from pipeline.stages.train import load_train_config, train, train_seeds
 
     config = load_train_config(args.params, args.corpus)
     if args.seed is not None:
@@ -98,8 +98,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from accelerate import PartialState
 
-    from model.evaluate import EvaluateConfig, describe, evaluate_checkpoint
-    from pipeline.config import load_section
+    from pipeline.stages.evaluate import EvaluateConfig, describe, evaluate_checkpoint
+    from pipeline.core.params import load_section
 
     config = load_section(args.params, "evaluate", EvaluateConfig) if args.params else EvaluateConfig()
     results = evaluate_checkpoint(
@@ -111,7 +111,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_lineage(args: argparse.Namespace) -> int:
-    from pipeline.lineage import describe, trace, write_json
+    from pipeline.stages.lineage import describe, trace, write_json
 
     lineage = trace([Path(p) for p in args.paths] or None, project=Path(args.project))
     print(describe(lineage))
@@ -121,7 +121,7 @@ def _cmd_lineage(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
-    from pipeline.run_report import write_run_report
+    from pipeline.stages.report import write_run_report
 
     written = write_run_report(
         corpus=args.corpus,
@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         "into a manifest and feature stores; unpickling runs the file's code: import only files you trust",
         description="Convert a published MER feature pickle into prepared/<corpus>/ (manifest + summary) and "
         "features/<corpus>/{text,audio,face}/ feature stores. WARNING: unpickling executes code chosen by the "
-        "file's author; import only files you trust. Supported layouts: see pipeline/import_features.py.",
+        "file's author; import only files you trust. Supported layouts: see pipeline/stages/import_features.py.",
     )
     imp.add_argument("pickle", help="the feature pickle (only one you trust: loading it executes code)")
     imp.add_argument("--format", required=True, choices=["dialoguernn", "sdt"],

@@ -1,21 +1,10 @@
-"""Shared test helpers: where the reference data lives."""
+"""Session fixtures shared by every test folder: the demo corpus, its manifests, the tiny models."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
-
-
-def shared_path(*parts: str) -> Path:
-    """A path under ../shared/data, or skip the test with a message saying what is missing."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"reference data not found at {path} (it lives beside the checkout in ../shared/data)")
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +19,7 @@ def demo_corpus(tmp_path_factory) -> tuple[Path, dict]:
 @pytest.fixture(scope="session")
 def prepared_demo(demo_corpus, tmp_path_factory) -> dict[str, Path]:
     """Manifests of the demo corpus, prepared once per session: {corpus: prepared folder}."""
-    from pipeline.prepare import prepare_corpus
+    from pipeline.stages.prepare import prepare_corpus
 
     root, _ = demo_corpus
     out = tmp_path_factory.mktemp("prepared")
@@ -48,7 +37,7 @@ def _prepared(prepare_corpus, corpus: str, root: Path, out: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """The offline stand-in models, built once per session: {"text", "audio", "face"} -> path."""
-    from extractors.tiny_models import build_all
+    from pipeline.demo.tiny_models import build_all
 
     return build_all(tmp_path_factory.mktemp("models"))
 

@@ -1,7 +1,7 @@
 """Raw corpus readers, one module per corpus.
 
 A reader is a plain function of the raw tree: `read(root, label_policy) -> CorpusReadResult`.
-It never writes; `pipeline.prepare` turns its result into the manifest and the summary.
+It never writes; `pipeline.stages.prepare` turns its result into the manifest and the summary.
 Adding a corpus is adding a module here that calls `register_corpus`.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.manifest import CorpusReadResult
+from pipeline.formats.manifest import CorpusReadResult
 
 ReadFn = Callable[[Path, str], CorpusReadResult]
 
@@ -58,7 +58,7 @@ def available_corpora() -> dict[str, CorpusSpec]:
 def get_corpus(name: str) -> CorpusSpec:
     corpora = available_corpora()
     if name not in corpora:
-        from pipeline.errors import PipelineError
+        from pipeline.core.errors import PipelineError
 
         raise PipelineError(f"unknown corpus {name!r}; available: {', '.join(corpora)}")
     return corpora[name]

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.corpora import register_corpus
-from pipeline.errors import CorpusFormatError, PipelineError
-from pipeline.fingerprint import Fingerprint, content_fingerprint, media_fingerprint, relative_to_root
-from pipeline.manifest import CorpusReadResult, Exclusion, Utterance, check_unique_ids
-from pipeline.media import probe_media
-from pipeline.progress import progress
+from pipeline.core.errors import CorpusFormatError, PipelineError
+from pipeline.core.fingerprint import Fingerprint, content_fingerprint, media_fingerprint, relative_to_root
+from pipeline.formats.manifest import CorpusReadResult, Exclusion, Utterance, check_unique_ids
+from pipeline.core.media import probe_media
+from pipeline.core.progress import progress
 
 CORPUS = "iemocap"
 RELEASE_DIR = "IEMOCAP_full_release"

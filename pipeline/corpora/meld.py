@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.corpora import register_corpus
-from pipeline.errors import CorpusFormatError
-from pipeline.fingerprint import Fingerprint, content_fingerprint, media_fingerprint, relative_to_root
-from pipeline.manifest import CorpusReadResult, Utterance, check_unique_ids
-from pipeline.media import MediaProbe, probe_media
-from pipeline.progress import progress
+from pipeline.core.errors import CorpusFormatError
+from pipeline.core.fingerprint import Fingerprint, content_fingerprint, media_fingerprint, relative_to_root
+from pipeline.formats.manifest import CorpusReadResult, Utterance, check_unique_ids
+from pipeline.core.media import MediaProbe, probe_media
+from pipeline.core.progress import progress
 
 EMOTIONS = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]  # MELD baseline order
 SENTIMENTS = ["neutral", "positive", "negative"]

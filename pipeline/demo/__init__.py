@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.atomic import atomic_output_dir
+from pipeline.core.atomic import atomic_output_dir
 from pipeline.demo.iemocap_layout import DEV_DIALOGUES, TEST_POOL, TRAIN_POOL, write_iemocap
 from pipeline.demo.meld_layout import write_meld
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import (
+from tests.helpers.faults import (
     assert_accounted,
     assert_one_line_error,
     iemocap_file,

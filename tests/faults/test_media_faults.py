@@ -28,7 +28,7 @@ import soundfile
 import soxr
 import torch
 
-from .conftest import (
+from tests.helpers.faults import (
     assert_accounted,
     build,
     extract,

@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.errors import PipelineError
-from pipeline.feature_store import FeatureStoreReader, _read_store_header
-from pipeline.manifest import read_manifest
+from pipeline.core.errors import PipelineError
+from pipeline.formats.feature_store import FeatureStoreReader, _read_store_header
+from pipeline.formats.manifest import read_manifest
 
 pytestmark = pytest.mark.faults
 
@@ -355,7 +355,7 @@ def test_second_extract_with_wait_waits_for_the_first_and_the_store_is_whole(
 @pytest.fixture(scope="module")
 def train_inputs(tmp_path_factory) -> dict[str, Path]:
     """A small synthetic corpus with real feature stores (tests/train_fixture.py) and a few-epoch params file."""
-    from train_fixture import make_corpus
+    from tests.helpers.train_corpus import make_corpus
 
     root = tmp_path_factory.mktemp("train-corpus")
     prepared, features = make_corpus(root, dialogues={"train": 12, "dev": 5, "test": 5})

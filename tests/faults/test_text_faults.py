@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.manifest import read_manifest
+from pipeline.formats.manifest import read_manifest
 
-from .conftest import (
+from tests.helpers.faults import (
     assert_accounted,
     assert_one_line_error,
     build,

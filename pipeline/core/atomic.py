@@ -1,0 +1,110 @@
+"""Atomic outputs: a stage's result appears whole or not at all.
+
+Everything is written next to its final place under a temporary name and renamed at the end,
+so a crash, a kill or a bad input never leaves a half-written file that a later stage could
+read as valid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from pipeline.core.errors import PipelineError
+
+# errors that mean "out of room", not a bug: the device is full, a quota or a file-size limit is reached
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+
+
+class OutputWriteError(PipelineError, OSError):
+    """An output could not be written for lack of space; nothing partial was left in its place.
+
+    A PipelineError, so the CLI prints it as one line (exit 2) instead of as a bug; still an OSError
+    (with the original errno) for callers that catch those.
+    """
+
+    def __init__(self, path: Path, cause: OSError) -> None:
+        reason = cause.strerror or str(cause)
+        super().__init__(
+            f"{path}: write failed: {reason} (no space left on the device, or a quota or file-size limit); "
+            "nothing partial was kept: free some space and run the stage again"
+        )
+        self.errno = cause.errno
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _no_space(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and not isinstance(exc, OutputWriteError) and exc.errno in _NO_SPACE
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _default_mode(is_dir: bool) -> int:
+    """mkstemp/mkdtemp create private (0600/0700) entries; outputs get the usual umask-based mode."""
+    return (0o777 if is_dir else 0o666) & ~_umask()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # a full device can refuse the new directory entry itself
+        if _no_space(exc):
+            raise OutputWriteError(path, exc) from exc
+        raise
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, _default_mode(is_dir=False))
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if _no_space(exc):
+            raise OutputWriteError(path, exc) from exc
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def atomic_output_dir(path: Path) -> Iterator[Path]:
+    """Yield a fresh temporary folder that replaces `path` only if the block succeeds.
+
+    On any exception the temporary folder is removed and an existing `path` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, _default_mode(is_dir=True))
+    try:
+        yield tmp
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _no_space(exc):
+            raise OutputWriteError(path, exc) from exc
+        raise
+    old = None
+    if path.exists():
+        old = path.parent / f".{path.name}.old-{os.getpid()}"
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

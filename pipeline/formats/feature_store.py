@@ -1,0 +1,549 @@
+"""Feature store: the per-utterance feature tensors of one (corpus, modality), written in resumable shards.
+
+On-disk format (format_version 1; a contract for every later reader)
+--------------------------------------------------------------------
+One folder per (corpus, modality), e.g. ``data/features/meld/audio/``::
+
+    shard-00000.safetensors   one tensor per stored utterance, key = utterance id
+    shard-00001.safetensors   ...
+    availability.safetensors  the trainer's mask for this modality, in manifest order
+    report.json               counts, and every utterance that is missing or flagged, with its reason
+    index.json                written last: the store is finished only when it exists
+    .lock                     empty; flock()ed by the writer for its whole lifetime, never data
+
+Shard plan: the caller gives the utterance ids in manifest order and a shard size S; shard k holds
+``ids[k*S:(k+1)*S]``. ``plan_sha256`` is the sha256 of the compact sorted-key JSON
+``{"shard_size": S, "utterance_ids": ids}``.
+
+Shards: each tensor is stored in the store's dtype (float16 by default) with its own shape
+([D], [T, D], ...). The safetensors metadata has exactly one key, ``"mer_store"``, whose value is
+the JSON::
+
+    {"format_version": 1,
+     "store": {"corpus", "modality", "extractor", "extractor_version", "model_id", "model_sha256",
+               "manifest_sha256", "params": {...}, "dtype", "shard_size", "plan_sha256",
+               "num_utterances"},
+     "shard": {"index": k, "utterance_ids": [the planned ids of shard k, in order],
+               "missing": {id: reason}, "flagged": {id: reason}}}
+
+An id in "missing" has no tensor (e.g. corrupt media); an id in "flagged" has a tensor and a caveat
+(e.g. a low-confidence face). A shard whose "store" section or planned ids differ from the
+writer's is stale: it is redone, never mixed with current shards.
+
+``index.json``::
+
+    {"format_version": 1, "store": {...as above},
+     "shards": [{"file": "shard-00000.safetensors", "sha256": ..., "utterance_ids": [stored ids]}],
+     "utterances": {id: {"shard": "shard-00000.safetensors", "shape": [...], "dtype": "float16"}}}
+
+"shards" is in plan order; "utterances" lists stored ids only.
+
+``report.json`` (the extract stage's report, common keys as in `pipeline.formats.stage_report`)::
+
+    {"stage": "extract", "corpus": ..., "modality": ..., "store": {...},
+     "counts": {"in": N, "out": stored, "dropped": missing, "missing": ..., "flagged": ...},
+     "dropped_by_reason": {reason: n}, "flagged_by_reason": {reason: n},
+     "missing": [{"utterance_id", "reason"}], "flagged": [{"utterance_id", "reason"}]}
+
+lists in manifest order; "flagged" counts stored utterances with a flag (in = out + missing).
+
+``availability.safetensors``: tensor ``"available"``, bool [N], True where the utterance has a
+tensor, in manifest order; metadata key ``"mer_availability"`` = JSON
+``{"store": {...}, "utterance_ids": [N ids]}``.
+
+All JSON has sorted keys and no timestamps, and safetensors orders tensors by itself, so the same
+inputs and tensors give byte-identical files however often the run was killed and resumed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_save
+
+from pipeline.core.atomic import atomic_write_bytes
+from pipeline.core.errors import PipelineError
+from pipeline.core.fingerprint import sha256_file
+from pipeline.formats.stage_report import stage_counts
+
+FORMAT_VERSION = 1
+STORE_KEY = "mer_store"
+AVAILABILITY_KEY = "mer_availability"
+AVAILABILITY_TENSOR = "available"
+INDEX_FILE = "index.json"
+REPORT_FILE = "report.json"
+AVAILABILITY_FILE = "availability.safetensors"
+LOCK_FILE = ".lock"
+# the finished-store files, in the order finalize() publishes them (index.json last)
+_PUBLISHED = (AVAILABILITY_FILE, REPORT_FILE, INDEX_FILE)
+_SHARD_NAME = re.compile(r"^shard-\d+\.safetensors$")
+_DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
+_SAFETENSORS_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}
+_LOCK_POLL_S = 0.05
+
+
+@dataclass(frozen=True)
+class StoreMetadata:
+    """What produced the features: a store is valid only for exactly these inputs."""
+
+    corpus: str
+    modality: str  # "text", "audio", "face", ...
+    extractor: str
+    extractor_version: str
+    model_id: str
+    model_sha256: str  # hash of the weights actually loaded
+    manifest_sha256: str  # sha256 of manifest.parquet (pipeline.core.fingerprint.sha256_file)
+    params: dict[str, Any] = field(default_factory=dict)  # the config section used (JSON-able)
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Which manifest utterances have a feature in this modality (mask[i] <-> utterance_ids[i])."""
+
+    utterance_ids: list[str]
+    mask: torch.Tensor  # bool [N]
+
+
+def shard_name(k: int) -> str:
+    return f"shard-{k:05d}.safetensors"
+
+
+def plan_sha256(utterance_ids: Sequence[str], shard_size: int) -> str:
+    """Identity of the shard plan: any change to the ids, their order or the size changes it."""
+    plan = {"shard_size": shard_size, "utterance_ids": list(utterance_ids)}
+    return hashlib.sha256(_compact_json(plan).encode("utf-8")).hexdigest()
+
+
+def _compact_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _file_json(obj: Any) -> bytes:
+    text = json.dumps(obj, sort_keys=True, ensure_ascii=False, allow_nan=False, indent=2)
+    return (text + "\n").encode("utf-8")
+
+
+def _read_store_header(path: Path) -> dict[str, Any] | None:
+    """The "mer_store" metadata of a shard, or None if the file is absent, truncated or foreign."""
+    try:
+        with safe_open(path, framework="pt") as handle:
+            raw = (handle.metadata() or {}).get(STORE_KEY)
+        return json.loads(raw) if raw else None
+    except (OSError, SafetensorError, ValueError):
+        return None
+
+
+class _FolderLock:
+    """An exclusive flock on `folder/.lock`, so two writers never interleave shards of one store."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self, wait_s: float) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._fd = fd
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise PipelineError(self._busy_message(wait_s)) from None
+                time.sleep(_LOCK_POLL_S)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def _busy_message(self, wait_s: float) -> str:
+        folder = self.path.parent
+        if wait_s > 0:
+            return f"{folder}: another process is still writing this feature store after waiting {wait_s:g} s"
+        return (
+            f"{folder}: another process is writing this feature store (it holds {self.path}); "
+            "wait for it to finish, or pass wait_s to wait for it"
+        )
+
+
+class FeatureStoreWriter:
+    """Writes one store shard by shard; use as a context manager, which holds the folder's lock.
+
+    Typical use::
+
+        with FeatureStoreWriter(folder, metadata, ids, shard_size=256) as writer:
+            for k in writer.pending_shards():
+                features, flags = extract(writer.shard_ids(k))
+                writer.write_shard(k, features, flags)
+            writer.finalize()
+    """
+
+    def __init__(
+        self,
+        folder: Path | str,
+        metadata: StoreMetadata,
+        utterance_ids: Sequence[str],
+        shard_size: int,
+        dtype: torch.dtype = torch.float16,
+        wait_s: float = 0.0,
+    ) -> None:
+        self.folder = Path(folder)
+        self._ids = _checked_ids(utterance_ids)
+        if shard_size < 1:
+            raise PipelineError(f"{self.folder}: shard_size must be at least 1, got {shard_size}")
+        if dtype not in _DTYPE_NAMES:
+            raise PipelineError(
+                f"{self.folder}: unsupported feature dtype {dtype}; use one of {list(_DTYPE_NAMES)}"
+            )
+        self.shard_size = shard_size
+        self.dtype = dtype
+        self.wait_s = wait_s
+        self.store = self._store_section(metadata)
+        self._lock = _FolderLock(self.folder)
+
+    def _store_section(self, metadata: StoreMetadata) -> dict[str, Any]:
+        """The "store" section every shard carries, normalised through JSON so it compares equal on reload."""
+        section = {
+            **asdict(metadata),
+            "dtype": _DTYPE_NAMES[self.dtype],
+            "shard_size": self.shard_size,
+            "plan_sha256": plan_sha256(self._ids, self.shard_size),
+            "num_utterances": len(self._ids),
+        }
+        try:
+            return json.loads(_compact_json(section))
+        except (TypeError, ValueError) as exc:
+            raise PipelineError(
+                f"{self.folder}: store metadata must be JSON-serialisable and finite: {exc}"
+            ) from None
+
+    def __enter__(self) -> FeatureStoreWriter:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock.acquire(self.wait_s)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._lock.release()
+
+    @property
+    def num_shards(self) -> int:
+        return -(-len(self._ids) // self.shard_size)
+
+    def shard_ids(self, k: int) -> list[str]:
+        """The utterance ids shard k must cover, in manifest order."""
+        if not 0 <= k < self.num_shards:
+            raise PipelineError(f"{self.folder}: shard {k} is outside the plan (0..{self.num_shards - 1})")
+        return self._ids[k * self.shard_size : (k + 1) * self.shard_size]
+
+    def pending_shards(self) -> list[int]:
+        """Shards still to write: absent, unreadable, or written for other metadata or another plan."""
+        self._require_lock()
+        return [k for k in range(self.num_shards) if not self._is_complete(k)]
+
+    def _is_complete(self, k: int) -> bool:
+        header = _read_store_header(self.folder / shard_name(k))
+        if header is None or header.get("format_version") != FORMAT_VERSION:
+            return False
+        shard = header.get("shard") or {}
+        return (
+            header.get("store") == self.store
+            and shard.get("index") == k
+            and shard.get("utterance_ids") == self.shard_ids(k)
+        )
+
+    def write_shard(
+        self, k: int, features: Mapping[str, Any], flags: Mapping[str, str] | None = None
+    ) -> None:
+        """Write shard k atomically; every planned id needs a tensor, a flag (reason), or both.
+
+        An id with a flag and no tensor is recorded as missing with that reason, so a resumed run
+        does not try it again.
+        """
+        self._require_lock()
+        flags = dict(flags or {})
+        planned = self.shard_ids(k)
+        self._check_coverage(k, planned, features, flags)
+        tensors = {uid: _stored_tensor(uid, features[uid], self.dtype) for uid in planned if uid in features}
+        header = {
+            "format_version": FORMAT_VERSION,
+            "store": self.store,
+            "shard": {
+                "index": k,
+                "utterance_ids": planned,
+                "missing": {uid: flags[uid] for uid in planned if uid not in features},
+                "flagged": {uid: flags[uid] for uid in planned if uid in features and uid in flags},
+            },
+        }
+        data = safetensors_save(tensors, metadata={STORE_KEY: _compact_json(header)})
+        self._unpublish()
+        atomic_write_bytes(self.folder / shard_name(k), data)
+
+    def _check_coverage(
+        self, k: int, planned: list[str], features: Mapping[str, Any], flags: Mapping[str, str]
+    ) -> None:
+        planned_set = set(planned)
+        foreign = [uid for uid in [*features, *flags] if uid not in planned_set]
+        if foreign:
+            raise PipelineError(
+                f"{self.folder}: shard {k}: utterance {foreign[0]!r} is not in this shard's plan"
+            )
+        uncovered = [uid for uid in planned if uid not in features and uid not in flags]
+        if uncovered:
+            raise PipelineError(
+                f"{self.folder}: shard {k}: {len(uncovered)} planned utterance(s) have neither a feature "
+                f"nor a flag giving the reason, e.g. {uncovered[:5]}"
+            )
+        bad = [uid for uid, reason in flags.items() if not isinstance(reason, str) or not reason]
+        if bad:
+            raise PipelineError(
+                f"{self.folder}: shard {k}: the flag of {bad[0]!r} must be a non-empty reason string"
+            )
+
+    def finalize(self) -> dict[str, Any]:
+        """Publish availability, report and (last) index; remove shards and temp files of older plans.
+
+        Returns the report. Refuses while any shard is missing or stale, so a finished store never
+        mixes shards of different metadata.
+        """
+        pending = self.pending_shards()
+        if pending:
+            raise PipelineError(
+                f"{self.folder}: cannot finalize the feature store: {len(pending)} shard(s) are missing "
+                f"or stale, e.g. {[shard_name(k) for k in pending[:5]]}"
+            )
+        shards = [_scan_shard(self.folder / shard_name(k)) for k in range(self.num_shards)]
+        self._remove_leftovers()
+        report = _report(self.store, shards)
+        availability = _availability_bytes(self.store, self._ids, shards)
+        atomic_write_bytes(self.folder / AVAILABILITY_FILE, availability)
+        atomic_write_bytes(self.folder / REPORT_FILE, _file_json(report))
+        atomic_write_bytes(self.folder / INDEX_FILE, _file_json(_index(self.store, shards)))
+        return report
+
+    def _unpublish(self) -> None:
+        """Before a shard changes, withdraw the finished-store files (index first): no reader sees a mix."""
+        for name in reversed(_PUBLISHED):
+            (self.folder / name).unlink(missing_ok=True)
+
+    def _remove_leftovers(self) -> None:
+        current = {shard_name(k) for k in range(self.num_shards)}
+        for path in self.folder.iterdir():
+            old_shard = bool(_SHARD_NAME.match(path.name)) and path.name not in current
+            temp = path.name.startswith(".") and path.name.endswith(".tmp")
+            if (old_shard or temp) and path.is_file():
+                path.unlink()
+
+    def _require_lock(self) -> None:
+        if not self._lock.held:
+            raise RuntimeError("use FeatureStoreWriter inside a `with` block: it holds the store's lock")
+
+
+def _checked_ids(utterance_ids: Sequence[str]) -> list[str]:
+    ids = list(utterance_ids)
+    if not ids:
+        raise PipelineError("feature store: no utterance ids to store")
+    seen: set[str] = set()
+    for uid in ids:
+        if not isinstance(uid, str) or not uid:
+            raise PipelineError(f"feature store: utterance ids must be non-empty strings, got {uid!r}")
+        if uid in seen:
+            raise PipelineError(f"feature store: utterance id {uid!r} appears twice in the plan")
+        seen.add(uid)
+    return ids
+
+
+def _stored_tensor(uid: str, value: Any, dtype: torch.dtype) -> torch.Tensor:
+    """A private contiguous CPU copy in the store's dtype; NaN/inf (or overflow of the dtype) is an error."""
+    tensor = torch.as_tensor(value).detach()
+    if not bool(torch.isfinite(tensor).all()):
+        raise PipelineError(f"utterance {uid!r}: feature contains NaN or inf")
+    stored = tensor.to(device="cpu", dtype=dtype, copy=True).contiguous()
+    if not bool(torch.isfinite(stored).all()):
+        peak = float(tensor.abs().max())
+        raise PipelineError(
+            f"utterance {uid!r}: feature overflows {_DTYPE_NAMES[dtype]} (largest |value| {peak:g})"
+        )
+    return stored
+
+
+@dataclass(frozen=True)
+class _ShardScan:
+    """What finalize needs from one complete shard file."""
+
+    file: str
+    sha256: str
+    planned: list[str]
+    missing: dict[str, str]
+    flagged: dict[str, str]
+    tensors: dict[str, dict[str, Any]]  # id -> {"shape", "dtype"}
+
+    @property
+    def stored(self) -> list[str]:
+        return [uid for uid in self.planned if uid not in self.missing]
+
+
+def _scan_shard(path: Path) -> _ShardScan:
+    with safe_open(path, framework="pt") as handle:
+        shard = json.loads(handle.metadata()[STORE_KEY])["shard"]
+        tensors = {}
+        for uid in handle.keys():
+            view = handle.get_slice(uid)
+            tensors[uid] = {"shape": list(view.get_shape()), "dtype": _SAFETENSORS_DTYPES[view.get_dtype()]}
+    return _ShardScan(
+        file=path.name,
+        sha256=sha256_file(path),
+        planned=shard["utterance_ids"],
+        missing=shard["missing"],
+        flagged=shard["flagged"],
+        tensors=tensors,
+    )
+
+
+def _index(store: dict[str, Any], shards: list[_ShardScan]) -> dict[str, Any]:
+    utterances = {
+        uid: {"shard": scan.file, **scan.tensors[uid]} for scan in shards for uid in scan.stored
+    }
+    return {
+        "format_version": FORMAT_VERSION,
+        "store": store,
+        "shards": [{"file": s.file, "sha256": s.sha256, "utterance_ids": s.stored} for s in shards],
+        "utterances": utterances,
+    }
+
+
+def _report(store: dict[str, Any], shards: list[_ShardScan]) -> dict[str, Any]:
+    missing = [{"utterance_id": uid, "reason": r} for s in shards for uid, r in _in_plan_order(s, s.missing)]
+    flagged = [{"utterance_id": uid, "reason": r} for s in shards for uid, r in _in_plan_order(s, s.flagged)]
+    total = sum(len(s.planned) for s in shards)
+    report = stage_counts(
+        "extract", store["corpus"], total, total - len(missing),
+        dropped=[(e["utterance_id"], e["reason"]) for e in missing],
+        flagged=[(e["utterance_id"], e["reason"]) for e in flagged],
+    )
+    report["counts"]["missing"] = len(missing)  # the store's own word for dropped: no tensor, availability False
+    report.update({"modality": store["modality"], "store": store, "missing": missing, "flagged": flagged})
+    return report
+
+
+def _in_plan_order(scan: _ShardScan, reasons: dict[str, str]) -> list[tuple[str, str]]:
+    return [(uid, reasons[uid]) for uid in scan.planned if uid in reasons]
+
+
+def _availability_bytes(store: dict[str, Any], ids: list[str], shards: list[_ShardScan]) -> bytes:
+    missing = {uid for s in shards for uid in s.missing}
+    mask = torch.tensor([uid not in missing for uid in ids], dtype=torch.bool)
+    meta = _compact_json({"store": store, "utterance_ids": ids})
+    return safetensors_save({AVAILABILITY_TENSOR: mask}, metadata={AVAILABILITY_KEY: meta})
+
+
+class FeatureStoreReader:
+    """Read a finished store; opening checks index.json against the shard files.
+
+    `verify=False` skips hashing the shards (existence is still checked): for processes such as
+    DataLoader workers that reopen a store the parent has already verified.
+    """
+
+    def __init__(self, folder: Path | str, verify: bool = True) -> None:
+        self.folder = Path(folder)
+        self._index = self._load_index()
+        self._shard_of = {uid: entry["shard"] for uid, entry in self._index["utterances"].items()}
+        self._check_shards(verify)
+
+    def _load_index(self) -> dict[str, Any]:
+        path = self.folder / INDEX_FILE
+        if not path.is_file():
+            raise PipelineError(
+                f"{self.folder}: not a finished feature store (no {INDEX_FILE}); "
+                "the feature extraction stage did not finish, run it again"
+            )
+        index = json.loads(path.read_text(encoding="utf-8"))
+        if index.get("format_version") != FORMAT_VERSION:
+            found = index.get("format_version")
+            raise PipelineError(f"{path}: feature store format {found!r}, expected {FORMAT_VERSION}")
+        return index
+
+    def _check_shards(self, verify: bool) -> None:
+        for shard in self._index["shards"]:
+            path = self.folder / shard["file"]
+            if not path.is_file():
+                raise PipelineError(
+                    f"{path}: shard listed in {INDEX_FILE} is missing; re-run the extraction stage"
+                )
+            if verify and sha256_file(path) != shard["sha256"]:
+                raise PipelineError(
+                    f"{path}: sha256 does not match {INDEX_FILE}; the shard changed after extraction, "
+                    "re-run the stage"
+                )
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The "store" section: StoreMetadata fields plus dtype, shard_size, plan_sha256, num_utterances."""
+        return self._index["store"]
+
+    @cached_property
+    def utterance_ids(self) -> list[str]:
+        """Ids that have a feature, in manifest order."""
+        return [uid for shard in self._index["shards"] for uid in shard["utterance_ids"]]
+
+    def __contains__(self, utterance_id: object) -> bool:
+        return utterance_id in self._shard_of
+
+    def get(self, utterance_id: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """One utterance's feature; KeyError if it has none (report.json says why)."""
+        if utterance_id not in self._shard_of:
+            raise KeyError(
+                f"{utterance_id!r} has no feature in {self.folder} (see {REPORT_FILE} for the reason)"
+            )
+        with safe_open(self.folder / self._shard_of[utterance_id], framework="pt") as handle:
+            return handle.get_tensor(utterance_id).to(dtype)
+
+    def load_all(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+        """Every stored feature in manifest order, opening each shard once."""
+        features: dict[str, torch.Tensor] = {}
+        for shard in self._index["shards"]:
+            with safe_open(self.folder / shard["file"], framework="pt") as handle:
+                for uid in shard["utterance_ids"]:
+                    features[uid] = handle.get_tensor(uid).to(dtype)
+        return features
+
+    def availability(self) -> Availability:
+        path = self._published_file(AVAILABILITY_FILE)
+        with safe_open(path, framework="pt") as handle:
+            mask = handle.get_tensor(AVAILABILITY_TENSOR)
+            ids = json.loads(handle.metadata()[AVAILABILITY_KEY])["utterance_ids"]
+        return Availability(utterance_ids=ids, mask=mask)
+
+    @cached_property
+    def report(self) -> dict[str, Any]:
+        return json.loads(self._published_file(REPORT_FILE).read_text(encoding="utf-8"))
+
+    def _published_file(self, name: str) -> Path:
+        path = self.folder / name
+        if not path.is_file():
+            raise PipelineError(
+                f"{path}: missing from the finished feature store; re-run the extraction stage"
+            )
+        return path

@@ -1,0 +1,198 @@
+"""The `extract` stage: a manifest -> one feature store for one modality.
+
+Work goes shard by shard (the store's unit of resumption). Within a shard the extractor sorts rows
+by its size hint and cuts them into batches (length bucketing); DataLoader worker processes decode
+those batches while the main process runs the model on the previous one. Batches never cross a
+shard boundary, so a shard's features do not depend on which shards were already done: a run
+killed with SIGKILL and started again writes the same bytes as an uninterrupted run.
+
+Memory is bounded by the shard size and the loader's prefetch depth, not by the corpus size:
+a finished shard is written and dropped before the next one is assembled.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from extractors.base import (
+    STORE_DTYPES,
+    Decoded,
+    Decoder,
+    Encoded,
+    Extractor,
+    cpu_threads,
+    extractor_for,
+    resolve_device,
+)
+from pipeline.core.params import section_to_dataclass
+from pipeline.core.errors import PipelineError
+from pipeline.formats.feature_store import FeatureStoreWriter, StoreMetadata
+from pipeline.core.fingerprint import sha256_file
+from pipeline.formats.manifest import MANIFEST_FILE, manifest_metadata, read_manifest
+from pipeline.core.progress import progress
+
+# fast tokenizers warn (and may deadlock) when a process that used them forks DataLoader workers
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class _DecodeDataset(Dataset):
+    """Row i -> Decoded, in a worker; an unexpected decoder error names the utterance it failed on."""
+
+    def __init__(self, rows: Sequence[dict[str, Any]], decoder: Decoder) -> None:
+        self.rows = rows
+        self.decoder = decoder
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Decoded:
+        row = self.rows[i]
+        try:
+            return self.decoder(row)
+        except PipelineError:
+            raise
+        except Exception as exc:  # a decoder bug, not bad media (decoders turn that into `missing`)
+            raise PipelineError(
+                f"decoding utterance {row['utterance_id']} failed unexpectedly: {type(exc).__name__}: {exc}"
+            ) from exc
+
+
+def _as_list(batch: list[Decoded]) -> list[Decoded]:
+    return batch
+
+
+def build_extractor(modality: str, section: dict[str, Any] | None, raw_root: Path, where: str) -> Extractor:
+    """The configured extractor for `modality`, its model loaded on the configured device."""
+    section = dict(section or {})
+    cls = extractor_for(modality, section.get("extractor", ""))
+    config = section_to_dataclass(cls.config_class, section, where)
+    device = resolve_device(config.device)
+    torch.set_num_threads(cpu_threads())
+    return cls(config, raw_root, device)
+
+
+def extract_features(
+    modality: str,
+    manifest_dir: Path,
+    out_dir: Path,
+    section: dict[str, Any] | None = None,
+    raw_root: Path | None = None,
+    where: str = "extract",
+    wait_s: float = 0.0,
+    extractor: Extractor | None = None,
+) -> dict[str, Any]:
+    """Fill (or finish) the feature store at `out_dir` for every utterance of the manifest.
+
+    `section` is the modality's params section (`extract.<modality>`); `raw_root` defaults to the
+    raw folder recorded in the manifest. `extractor`, if given, is used instead of building one
+    from `section` (its model stays loaded across calls). Returns the store's report.
+    """
+    manifest_path = Path(manifest_dir) / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise PipelineError(f"{manifest_path}: manifest not found (run `mer prepare` for this corpus first)")
+    meta = manifest_metadata(manifest_path)
+    root = Path(raw_root) if raw_root is not None else Path(meta.get("raw_root", ""))
+    if not root.is_dir():
+        raise PipelineError(
+            f"{root}: the raw corpus folder of {manifest_path} does not exist (pass --root to say where it is now)"
+        )
+    rows = read_manifest(manifest_path)
+    if extractor is None:
+        extractor = build_extractor(modality, section, root, f"{where}.{modality}")
+    elif extractor.modality != modality:
+        raise PipelineError(f"extractor {extractor.name!r} makes {extractor.modality} features, not {modality}")
+    extractor.raw_root = root
+    config = extractor.config
+    metadata = StoreMetadata(
+        corpus=meta.get("corpus", ""),
+        modality=modality,
+        extractor=extractor.name,
+        extractor_version=extractor.version,
+        model_id=extractor.model_id,
+        model_sha256=extractor.model_sha256,
+        manifest_sha256=sha256_file(manifest_path),
+        params=config.recorded_params(),
+    )
+    ids = [row["utterance_id"] for row in rows]
+    extractor.plan(rows)
+    dtype = STORE_DTYPES[config.dtype]
+    with FeatureStoreWriter(out_dir, metadata, ids, config.shard_size, dtype, wait_s) as writer:
+        pending = writer.pending_shards()
+        shard_rows = {k: rows[k * config.shard_size : (k + 1) * config.shard_size] for k in pending}
+        for k, features, flags in _run_shards(extractor, shard_rows, f"{metadata.corpus} {modality}"):
+            writer.write_shard(k, features, flags)
+        return writer.finalize()
+
+
+def _run_shards(
+    extractor: Extractor, shard_rows: dict[int, list[dict[str, Any]]], desc: str
+):
+    """Yield (shard, features, flags) for each shard in order, decoding ahead in worker processes."""
+    if not shard_rows:
+        return
+    flat: list[dict[str, Any]] = []
+    batches: list[list[int]] = []
+    batches_left: dict[int, int] = {}
+    batch_shard: list[int] = []
+    for k, rows in shard_rows.items():
+        offset = len(flat)
+        flat.extend(rows)
+        shard_batches = [[offset + i for i in batch] for batch in extractor.batches(rows)]
+        batches.extend(shard_batches)
+        batch_shard.extend([k] * len(shard_batches))
+        batches_left[k] = len(shard_batches)
+    workers = extractor.config.num_workers
+    loader = DataLoader(
+        _DecodeDataset(flat, extractor.decoder()),
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=_as_list,
+        prefetch_factor=2 if workers else None,
+    )
+    features: dict[str, torch.Tensor] = {}
+    flags: dict[str, str] = {}
+    for b, decoded in enumerate(progress(loader, desc, total=len(batches), unit="batch")):
+        k = batch_shard[b]
+        for item in _encode_batch(extractor, decoded):
+            if item.feature is not None:
+                features[item.utterance_id] = item.feature.detach().to("cpu")
+            reasons = ([item.missing] if item.missing else []) + list(item.flags)
+            if reasons:
+                flags[item.utterance_id] = "; ".join(reasons)
+        batches_left[k] -= 1
+        if batches_left[k] == 0:
+            yield k, features, flags
+            features, flags = {}, {}
+
+
+def _encode_batch(extractor: Extractor, decoded: list[Decoded]) -> list[Encoded]:
+    """Missing items pass through with their reason; the rest go to the model in one call."""
+    out = [Encoded(d.utterance_id, None, d.missing, list(d.flags)) for d in decoded if d.missing]
+    ready = [d for d in decoded if not d.missing]
+    if ready:
+        with torch.inference_mode():
+            encoded = extractor.encode(ready)
+        if sorted(e.utterance_id for e in encoded) != sorted(d.utterance_id for d in ready):
+            raise RuntimeError(f"extractor {extractor.name} returned features for other utterances than it was given")
+        out.extend(encoded)
+    return out
+
+
+def describe(report: dict[str, Any], out_dir: Path) -> str:
+    """The stage's terminal report: counts in / stored / missing / flagged, by reason."""
+    store = report["store"]
+    counts = report["counts"]
+    lines = [
+        f"{store['corpus']} {store['modality']} ({store['extractor']}, {store['model_id']}): "
+        f"{counts['in']} utterances, {counts['out']} stored, {counts['missing']} missing, "
+        f"{counts['flagged']} flagged -> {out_dir}"
+    ]
+    for kind, by_reason in (("missing", report["dropped_by_reason"]), ("flagged", report["flagged_by_reason"])):
+        lines += [f"  {kind} {n} x {reason}" for reason, n in by_reason.items()]
+    return "\n".join(lines)

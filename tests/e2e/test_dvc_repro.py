@@ -1,0 +1,270 @@
+"""The main job, as a user runs it: `dvc repro` on the demo corpus in a fresh copy of the project."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import PROJECT_ROOT
+from tests.helpers.report_page import page_svgs, page_table, parse_page
+from pipeline.formats.feature_store import FeatureStoreReader
+from pipeline.formats.manifest import read_manifest
+
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+
+def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "GIT_AUTHOR_NAME": "ci", "GIT_AUTHOR_EMAIL": "ci@localhost",
+        "GIT_COMMITTER_NAME": "ci", "GIT_COMMITTER_EMAIL": "ci@localhost",
+        "DVC_NO_ANALYTICS": "1",
+    }
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A copy of the project's tracked and not-ignored files, as a fresh clone would have them."""
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split("\0")
+    dest = tmp_path_factory.mktemp("clone")
+    for name in filter(None, files):
+        if (PROJECT_ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(PROJECT_ROOT / name, dest / name)
+    run(["git", "init", "-q"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "commit", "-qm", "clone"], dest)
+    run(["dvc", "repro"], dest)
+    return dest
+
+
+def test_dvc_repro_prepares_both_demo_layouts(project):
+    truth = json.loads((project / "data/demo/demo_corpus.json").read_text())
+    for corpus in ("meld", "iemocap"):
+        summary = json.loads((project / f"data/prepared/{corpus}/summary.json").read_text())
+        rows = read_manifest(project / f"data/prepared/{corpus}")
+        assert summary["counts"]["utterances_out"] == len(rows) > 50
+        assert sum(s["utterances"] for s in summary["splits"].values()) == len(rows)
+        assert set(summary["splits"]) == {"train", "dev", "test"}
+        assert truth  # the generator's record of what it planted exists beside the corpus
+
+
+@contextlib.contextmanager
+def edited_params(project: Path, old: str, new: str):
+    """Edit params.yaml for one test; afterwards restore params, dvc.lock and the outputs (from DVC's cache)."""
+    params, lock = project / "params.yaml", project / "dvc.lock"
+    saved_params, saved_lock = params.read_text(), lock.read_text()
+    assert old in saved_params
+    params.write_text(saved_params.replace(old, new))
+    try:
+        yield
+    finally:
+        params.write_text(saved_params)
+        lock.write_text(saved_lock)
+        run(["dvc", "checkout", "--force"], project)
+
+
+def test_dvc_repro_extracts_every_modality_of_both_layouts(project):
+    """Every manifest utterance is in each store or reported with its reason (the planted quirks included)."""
+    for corpus in ("meld", "iemocap"):
+        ids = [r["utterance_id"] for r in read_manifest(project / f"data/prepared/{corpus}")]
+        for modality in ("text", "audio", "face"):
+            reader = FeatureStoreReader(project / f"data/features/{corpus}/{modality}")
+            missing = {m["utterance_id"]: m["reason"] for m in reader.report["missing"]}
+            assert sorted([*reader.utterance_ids, *missing]) == sorted(ids), (corpus, modality)
+            assert len(reader.utterance_ids) > 0.8 * len(ids), (corpus, modality, missing)
+            assert reader.availability().mask.tolist() == [uid in reader for uid in ids]
+    meld_audio = FeatureStoreReader(project / "data/features/meld/audio").report
+    assert "train_dia3_utt2" in {m["utterance_id"] for m in meld_audio["missing"]}  # the planted corrupt clip
+
+
+def test_dvc_repro_trains_and_evaluates_both_corpora_far_above_chance(project):
+    """The whole chain on the planted demo signal: test weighted F1 > 0.5 (chance: 1/7 MELD, 1/6 IEMOCAP)."""
+    for corpus in ("meld", "iemocap"):
+        metrics = json.loads((project / f"data/eval/{corpus}/metrics.json").read_text())
+        assert metrics["test"]["weighted_f1"] > 0.5, (corpus, metrics["test"])
+        test_ids = {r["utterance_id"] for r in read_manifest(project / f"data/prepared/{corpus}") if r["split"] == "test"}
+        lines = (project / f"data/eval/{corpus}/predictions.csv").read_text().splitlines()
+        assert {line.split(",")[0] for line in lines[1:]} == test_ids
+        assert (project / f"data/train/{corpus}/best/model.safetensors").is_file()
+
+
+SHUFFLED_CEILING = 0.35  # chance is about 1/7 (MELD) and 1/6 (IEMOCAP); measured 0.03-0.20 over three seeds
+
+
+def test_shuffling_the_extracted_features_drops_the_demo_to_chance(project, tmp_path):
+    """The same training on the same stores, each utterance given another one's features: the signal
+    the real run found (test weighted F1 > 0.5) is gone. So extraction, storage and loading keep
+    every feature with its own utterance."""
+    from pipeline.stages.train import load_train_config, train
+
+    for corpus in ("meld", "iemocap"):
+        config = load_train_config(project / "params.yaml", corpus)
+        shuffled = train(corpus, project / f"data/prepared/{corpus}", project / f"data/features/{corpus}",
+                         tmp_path / corpus, config, cpu=True, feature_shuffle=1, log=lambda line: None)
+        aligned = json.loads((project / f"data/train/{corpus}/metrics.json").read_text())
+        assert shuffled["feature_shuffle"] == 1 and aligned["feature_shuffle"] is None
+        assert shuffled["test"]["weighted_f1"] < SHUFFLED_CEILING < 0.5 < aligned["test"]["weighted_f1"], corpus
+
+
+def test_dvc_repro_renders_the_run_page_of_each_corpus(project):
+    """`report@<corpus>` on the real demo run: a well-formed page whose scores and counts are the run's."""
+    for corpus in ("meld", "iemocap"):
+        page = (project / f"data/report/{corpus}/report.html").read_text(encoding="utf-8")
+        parser = parse_page(page)  # every tag closed in order
+        svgs = page_svgs(page)  # every figure parses as SVG
+        assert len(svgs) >= 2 and all(svg.tag.endswith("svg") for svg in svgs)
+        summary = json.loads((project / f"data/prepared/{corpus}/summary.json").read_text())
+        splits = page_table(parser, "split")
+        assert {name: splits[name]["utterances"] for name in summary["splits"]} == {
+            name: str(info["utterances"]) for name, info in summary["splits"].items()
+        }
+        metrics = json.loads((project / f"data/eval/{corpus}/metrics.json").read_text())
+        assert f"{metrics['test']['weighted_f1']:.4f}" in page
+        assert (project / f"data/report/{corpus}/report.md").is_file()
+
+
+def test_dvc_status_is_clean_after_repro(project):
+    out = run(["dvc", "status"], project).stdout
+    assert "changed" not in out, out
+
+
+@contextlib.contextmanager
+def tampered(path: Path, content: bytes):
+    """Replace a file's bytes, then put back the original bytes and timestamps (so fingerprints match again)."""
+    original, stat = path.read_bytes(), path.stat()
+    path.write_bytes(content)
+    try:
+        yield
+    finally:
+        path.write_bytes(original)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def lineage(project: Path, *args: str) -> tuple[int, str, dict]:
+    out = project / "lineage.json"
+    proc = subprocess.run([str(BIN / "mer"), "lineage", *args, "--json", str(out)], cwd=project,
+                          capture_output=True, text=True)
+    assert proc.returncode in (0, 1), proc.stderr
+    return proc.returncode, proc.stdout, json.loads(out.read_text())
+
+
+def test_lineage_of_the_demo_metrics_is_whole_and_agrees_with_dvc_lock(project):
+    code, text, chain = lineage(project)  # default: every metrics file declared in dvc.yaml
+    assert code == 0 and chain["broken"] == [], text
+    links = {link["path"]: link for link in chain["links"]}
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    for corpus in ("meld", "iemocap"):
+        evaluation = links[f"data/eval/{corpus}/metrics.json"]
+        assert evaluation["stage"] == f"evaluate@{corpus}" and evaluation["inputs"] == [f"data/train/{corpus}/best"]
+        checkpoint = links[f"data/train/{corpus}/best"]
+        assert checkpoint["stage"] == f"train@{corpus}"
+        # the commit of the code that ran: the installed package's checkout, not the project copy's
+        assert checkpoint["facts"]["git commit"].split()[0] == run(["git", "rev-parse", "HEAD"], PROJECT_ROOT).stdout.strip()
+        assert set(checkpoint["inputs"]) == {
+            *(f"data/features/{corpus}/{m}" for m in ("text", "audio", "face")), f"data/prepared/{corpus}/manifest.parquet"
+        }
+        for modality in ("text", "audio", "face"):
+            store = links[f"data/features/{corpus}/{modality}"]
+            assert store["stage"] == f"extract@{corpus}-{modality}"
+            # the params the store recorded are the ones dvc.lock holds for the stage that made it
+            locked = lock[store["stage"]]["params"]["params.yaml"][f"extract.{modality}"]
+            assert {k: v for k, v in store["facts"]["params"].items() if k in locked} == {
+                k: v for k, v in locked.items() if k != "num_workers"
+            }
+        manifest = links[f"data/prepared/{corpus}/manifest.parquet"]
+        root = "data/demo/" + ("MELD.Raw" if corpus == "meld" else "IEMOCAP_full_release")
+        assert manifest["stage"] == f"prepare@{corpus}" and manifest["inputs"] == [root]
+        sources = {s["path"] for r in read_manifest(project / f"data/prepared/{corpus}") for s in r["sources"]}
+        assert links[root]["facts"]["files read"] == len(sources) > 50
+    assert "0 broken" in text.splitlines()[-1]
+
+
+def test_lineage_names_an_edited_raw_file_as_the_broken_link(project):
+    csv = project / "data/demo/MELD.Raw/dev_sent_emo.csv"
+    with tampered(csv, csv.read_bytes().replace(b"Ross", b"Rosa", 1)):  # same size, other content
+        code, text, chain = lineage(project, "data/eval/meld/metrics.json")
+        assert code == 1
+        assert chain["broken"] == ["data/demo/MELD.Raw: 1 raw files differ from their fingerprints: "
+                                   "dev_sent_emo.csv changed content (sha256)"], text
+        assert "BROKEN data/demo/MELD.Raw" in text
+    assert lineage(project, "data/eval/meld/metrics.json")[0] == 0
+
+
+def test_lineage_names_a_swapped_shard_and_a_store_from_another_manifest(project):
+    store = project / "data/features/iemocap/face"
+    shards = sorted(store.glob("shard-*.safetensors"))
+    assert len(shards) >= 2
+    with tampered(shards[1], shards[0].read_bytes()):
+        code, _, chain = lineage(project, "data/eval/iemocap/metrics.json")
+        assert code == 1
+        assert chain["broken"] == [f"data/features/iemocap/face: shards changed or missing since the store was "
+                                   f"written: {shards[1].name}"]
+    # a store rebuilt from another manifest: the checkpoint's record and the store disagree
+    index = store / "index.json"
+    other = index.read_bytes().replace(b'"manifest_sha256": "', b'"manifest_sha256": "0', 1)
+    with tampered(index, other):
+        code, _, chain = lineage(project, "data/train/iemocap/best")
+        assert code == 1
+        assert any("face store data/features/iemocap/face changed since training" in b for b in chain["broken"])
+        assert any("built from another manifest" in b for b in chain["broken"])
+
+
+def test_lineage_names_weights_changed_since_extraction(project):
+    weights = project / "data/models/facenet-random.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    with tampered(weights, bytes(data)):
+        code, _, chain = lineage(project, "data/features/meld/face")
+        assert code == 1
+        assert len(chain["broken"]) == 1 and "model weights at data/models/facenet-random.safetensors changed" in chain["broken"][0]
+
+
+def test_changing_audio_settings_reruns_only_the_audio_stages(project):
+    untouched = {
+        p: p.stat().st_mtime_ns
+        for corpus in ("meld", "iemocap")
+        for modality in ("text", "face")
+        for p in (project / f"data/features/{corpus}/{modality}").iterdir()
+    }
+    with edited_params(project, "pooling: mean_std", "pooling: mean"):
+        status = run(["dvc", "status"], project).stdout
+        stages = {line.rstrip(":").strip() for line in status.splitlines() if line and not line.startswith(("\t", " "))}
+        assert stages == {"extract@meld-audio", "extract@iemocap-audio"}, status
+        run(["dvc", "repro"], project)
+        assert {p: p.stat().st_mtime_ns for p in untouched} == untouched
+        audio = FeatureStoreReader(project / "data/features/meld/audio")
+        assert audio.metadata["params"]["pooling"] == "mean"
+        assert "changed" not in run(["dvc", "status"], project).stdout
+    assert "changed" not in run(["dvc", "status"], project).stdout  # restored for the next test
+
+
+def test_changing_one_corpus_params_reruns_only_its_branch(project):
+    with edited_params(project, "label_policy: benchmark", "label_policy: four-class"):
+        status = run(["dvc", "status"], project).stdout
+        assert "prepare@iemocap" in status
+        assert "prepare@meld" not in status and "demo_corpus" not in status and "extract@meld" not in status
+        run(["dvc", "repro", "--single-item", "prepare@iemocap"], project)
+        summary = json.loads((project / "data/prepared/iemocap/summary.json").read_text())
+        assert summary["label_policy"] == "four-class"
+        assert list(summary["label_map"]) == ["ang", "hap", "sad", "neu"]
+        downstream = run(["dvc", "status"], project).stdout  # the new manifest invalidates its extract stages
+        assert all(f"extract@iemocap-{m}" in downstream for m in ("text", "audio", "face")), downstream
+        assert "extract@meld" not in downstream
+    assert "changed" not in run(["dvc", "status"], project).stdout

@@ -1,0 +1,371 @@
+"""The raw IEMOCAP reader against fixture trees written in the release's exact formats."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.iemocap_tree import DIALOGUES, HEADER, RELEASE_DIR, write_iemocap_tree
+from pipeline.corpora import get_corpus, iemocap
+from pipeline.corpora.iemocap import read_iemocap
+from pipeline.core.errors import CorpusFormatError, PipelineError
+from pipeline.formats.manifest import CorpusReadResult, Utterance
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The parent of IEMOCAP_full_release (tests never modify it)."""
+    base = tmp_path_factory.mktemp("iemocap")
+    write_iemocap_tree(base)
+    return base
+
+
+@pytest.fixture(scope="module")
+def benchmark(tree: Path) -> CorpusReadResult:
+    return read_iemocap(tree, "benchmark")
+
+
+def by_id(result: CorpusReadResult) -> dict[str, Utterance]:
+    return {u.utterance_id: u for u in result.utterances}
+
+
+def counts(result: CorpusReadResult) -> dict[str, dict[str, int]]:
+    table: dict[str, Counter] = {}
+    for utt in result.utterances:
+        table.setdefault(utt.split, Counter())[utt.label] += 1
+    return {split: dict(c) for split, c in table.items()}
+
+
+def test_registered_with_policies() -> None:
+    spec = get_corpus("iemocap")
+    assert spec.read is read_iemocap
+    assert spec.default_policy == "benchmark"
+    assert spec.label_policies == {
+        "benchmark": ["hap", "sad", "neu", "ang", "exc", "fru"],
+        "emoeval": ["hap", "sad", "neu", "ang", "exc", "fru"],
+        "four-class": ["ang", "hap", "sad", "neu"],
+    }
+
+
+EXPECTED = {
+    "benchmark": {
+        "train": {"hap": 3, "sad": 1, "neu": 3, "ang": 1, "exc": 1, "fru": 1},
+        "dev": {"hap": 1, "sad": 2, "neu": 1, "ang": 1, "exc": 1, "fru": 1},
+        "test": {"hap": 2, "neu": 1, "ang": 1, "exc": 1},
+    },
+    "emoeval": {
+        "train": {"hap": 1, "sad": 1, "neu": 3, "ang": 1, "exc": 1, "fru": 1},
+        "dev": {"hap": 1, "sad": 2, "neu": 1, "ang": 1, "exc": 1, "fru": 1},
+        "test": {"hap": 1, "neu": 1, "ang": 1, "exc": 1},
+    },
+    "four-class": {
+        "train": {"ang": 1, "hap": 2, "sad": 1, "neu": 3},
+        "dev": {"ang": 1, "hap": 2, "sad": 2, "neu": 1},
+        "test": {"ang": 1, "hap": 2, "neu": 1},
+    },
+}
+
+
+@pytest.mark.parametrize("policy", sorted(EXPECTED))
+def test_counts_per_split_and_label(tree: Path, policy: str) -> None:
+    result = read_iemocap(tree, policy)
+    assert counts(result) == EXPECTED[policy]
+    assert result.utterances_seen == 31
+    assert len(result.utterances) + len(result.excluded) == 31
+    names = get_corpus("iemocap").label_policies[policy]
+    assert result.label_names == names
+    assert all(u.label_index == names.index(u.label) for u in result.utterances)
+
+
+def test_exclusions_name_label_policy_and_line(tree: Path) -> None:
+    result = read_iemocap(tree, "four-class")
+    excluded = {e.utterance_id: e for e in result.excluded}
+    fru = excluded["Ses01F_impro01_F002"]
+    assert fru.reason == "label 'fru' not in policy 'four-class'"
+    assert fru.split == "train"
+    # F turns are listed first: F002 is the third block, its summary line is line 17
+    assert fru.source == "Session1/dialog/EmoEvaluation/Ses01F_impro01.txt:17"
+
+
+def test_four_class_merges_exc_into_hap(tree: Path) -> None:
+    utt = by_id(read_iemocap(tree, "four-class"))["Ses03M_impro05a_M003"]
+    assert (utt.label, utt.label_index) == ("hap", 1)
+    assert utt.attributes["summary_label"] == "exc"
+
+
+RULE_HAP = ["Ses01F_impro01_F001", "Ses02M_impro03_M000", "Ses05M_script01_1b_M013"]
+RULE_REJECTED = {
+    "Ses01F_impro01_F003": "evaluators' Happiness, no self line",
+    "Ses01F_impro01_M002": "plurality but self is Neutral",
+    "Ses01F_impro01_M003": "M turn: the C-F line is not the self line",
+    "Ses01M_impro01_M001": "tie Happiness 2 / Neutral 2",
+    "Ses02F_impro02_F000": "self lists Happiness and Excited",
+}
+
+
+def test_xxx_self_happiness_rule_includes_as_hap(benchmark: CorpusReadResult) -> None:
+    utts = by_id(benchmark)
+    for uid in RULE_HAP:
+        assert utts[uid].label == "hap"
+        assert utts[uid].label_index == 0
+        assert utts[uid].attributes["summary_label"] == "xxx"
+        assert utts[uid].attributes["label_source"] == "xxx_self_happiness_rule"
+    assert utts["Ses03M_impro05a_F003"].attributes["label_source"] == "summary"
+
+
+@pytest.mark.parametrize("uid", sorted(RULE_REJECTED))
+def test_xxx_self_happiness_rule_rejects(benchmark: CorpusReadResult, uid: str) -> None:
+    excluded = {e.utterance_id: e.reason for e in benchmark.excluded}
+    assert excluded[uid] == "label 'xxx' not in policy 'benchmark'", RULE_REJECTED[uid]
+
+
+@pytest.mark.parametrize("policy", ["emoeval", "four-class"])
+def test_xxx_rule_only_in_benchmark(tree: Path, policy: str) -> None:
+    result = read_iemocap(tree, policy)
+    assert not set(RULE_HAP) & set(by_id(result))
+    assert all(u.attributes["label_source"] == "summary" for u in result.utterances)
+
+
+def test_dialogue_order_is_transcript_order(benchmark: CorpusReadResult) -> None:
+    dialogue = sorted(
+        (u for u in benchmark.utterances if u.dialogue_id == "Ses01F_impro01"), key=lambda u: u.turn_index
+    )
+    # indices count every labelled turn (excluded ones too); F004 has no transcript line and goes
+    # in by start time (20 s), before M004 (22 s)
+    assert [(u.utterance_id[-4:], u.turn_index) for u in dialogue] == [
+        ("F000", 0),
+        ("M000", 1),
+        ("F001", 2),
+        ("F002", 4),
+        ("F004", 8),
+        ("M004", 9),
+    ]
+    script = by_id(benchmark)["Ses01F_script01_1_M000"]
+    assert script.turn_index == 0
+
+
+def test_turn_without_transcript_is_kept_and_flagged(benchmark: CorpusReadResult) -> None:
+    utt = by_id(benchmark)["Ses01F_impro01_F004"]
+    assert not utt.has_text and utt.text == ""
+    assert "missing_transcript" in utt.flags
+    assert by_id(benchmark)["Ses01F_impro01_F000"].text == "Excuse me."
+
+
+def test_speaker_and_video_region_from_id(benchmark: CorpusReadResult) -> None:
+    utts = by_id(benchmark)
+    male, female = utts["Ses01F_impro01_M000"], utts["Ses01F_impro01_F000"]
+    assert (male.speaker, male.video_region) == ("Ses01_M", "right")
+    assert (female.speaker, female.video_region) == ("Ses01_F", "left")
+    assert (utts["Ses03M_impro05a_F003"].speaker, utts["Ses03M_impro05a_F003"].dialogue_id) == (
+        "Ses03_F",
+        "Ses03M_impro05a",
+    )
+    assert utts["Ses05M_script01_1b_M012"].dialogue_id == "Ses05M_script01_1b"
+    assert iemocap.SPEAKER_FRAME_SIDE == {"F": "left", "M": "right"}
+
+
+def test_split_rule(benchmark: CorpusReadResult) -> None:
+    splits = {u.dialogue_id: u.split for u in benchmark.utterances}
+    assert splits == {
+        "Ses01F_impro01": "train",
+        "Ses01M_impro01": "dev",
+        "Ses01F_script01_1": "train",
+        "Ses02F_impro02": "dev",
+        "Ses02M_impro03": "train",
+        "Ses03M_impro05a": "train",
+        "Ses04F_script02_1": "dev",
+        "Ses05M_script01_1b": "test",
+        "Ses05F_impro01": "test",
+    }
+    assert len(iemocap.DEV_DIALOGUES) == 12
+    assert all(d[4] in "1234" for d in iemocap.DEV_DIALOGUES)
+    assert "Session 5 test" in benchmark.split_rule and "\n" not in benchmark.split_rule
+
+
+def test_audio_paths_and_missing_wav_flagged_not_dropped(benchmark: CorpusReadResult) -> None:
+    utts = by_id(benchmark)
+    ok = utts["Ses01F_impro01_F000"]
+    assert ok.audio_path == "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_F000.wav"
+    assert (ok.has_audio, ok.audio_start_s, ok.audio_end_s) == (True, 0.0, None)
+    assert (ok.start_s, ok.end_s) == (1.0, 2.0)
+    missing = utts["Ses01F_impro01_M004"]
+    assert (missing.has_audio, missing.audio_path) == (False, None)
+    assert "missing_audio" in missing.flags
+    assert sum(not u.has_audio for u in benchmark.utterances) == 1
+
+
+def test_video_readable_unreadable_and_missing(benchmark: CorpusReadResult) -> None:
+    utts = by_id(benchmark)
+    real = utts["Ses01F_impro01_M000"]
+    assert real.video_path == "Session1/dialog/avi/DivX/Ses01F_impro01.avi"
+    assert (real.has_video, real.video_start_s, real.video_end_s) == (True, 2.5, 3.5)
+    garbage = utts["Ses02F_impro02_F001"]
+    assert garbage.video_path == "Session2/dialog/avi/DivX/Ses02F_impro02.avi"
+    assert not garbage.has_video
+    assert "unreadable_video" in garbage.flags and garbage.attributes["video_error"]
+    missing = utts["Ses05F_impro01_F000"]
+    assert (missing.has_video, missing.video_path, missing.video_start_s) == (False, None, None)
+    assert "missing_video" in missing.flags
+
+
+def test_each_avi_probed_once(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    probed: Counter = Counter()
+    real_probe = iemocap.probe_media
+
+    def counting_probe(path: Path):
+        probed[Path(path).name] += 1
+        return real_probe(path)
+
+    monkeypatch.setattr(iemocap, "probe_media", counting_probe)
+    read_iemocap(tree, "benchmark")
+    assert probed["Ses01F_impro01.avi"] == 1
+    assert probed["Ses02F_impro02.avi"] == 1
+
+
+def test_ignored_lines_and_turns(benchmark: CorpusReadResult) -> None:
+    transcript = "Session1/dialog/transcriptions/Ses01F_impro01.txt"
+    assert sorted(benchmark.ignored["transcript_lines_without_id"]) == [f"{transcript}:3", f"{transcript}:9"]
+    assert benchmark.ignored["transcribed_turns_without_label"] == ["Ses01F_impro01_F005"]
+
+
+def test_attributes_keep_summary_vad_and_votes(benchmark: CorpusReadResult) -> None:
+    attrs = by_id(benchmark)["Ses01F_impro01_M000"].attributes
+    assert attrs["summary_label"] == "ang"
+    assert attrs["vad"] == [2.5, 3.0, 2.5]
+    assert attrs["votes"] == [
+        {"evaluator": "E1", "emotions": ["Anger"]},
+        {"evaluator": "E2", "emotions": ["Anger", "Frustration"]},
+        {"evaluator": "M1", "emotions": ["Anger"]},
+    ]
+
+
+def test_sources_and_raw_files(benchmark: CorpusReadResult) -> None:
+    utt = by_id(benchmark)["Ses01F_impro01_F000"]
+    assert [(s.role, s.path) for s in utt.sources] == [
+        ("labels", "Session1/dialog/EmoEvaluation/Ses01F_impro01.txt"),
+        ("transcript", "Session1/dialog/transcriptions/Ses01F_impro01.txt"),
+        ("audio", "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_F000.wav"),
+        ("video", "Session1/dialog/avi/DivX/Ses01F_impro01.avi"),
+    ]
+    assert utt.sources[0].sha256 and utt.sources[2].mtime_ns is not None
+    paths = [fp.path for fp in benchmark.raw_files]
+    assert len(paths) == len(set(paths))
+    assert {s.path for u in benchmark.utterances for s in u.sources} <= set(paths)
+    assert not any("Categorical" in p or p.endswith(".anvil") for p in paths)
+    assert sum(p.startswith("Session") and "/EmoEvaluation/" in p for p in paths) == len(DIALOGUES)
+
+
+def test_release_folder_or_its_parent(tree: Path, benchmark: CorpusReadResult) -> None:
+    direct = read_iemocap(tree / RELEASE_DIR, "benchmark")
+    assert [(u.utterance_id, u.audio_path) for u in direct.utterances] == [
+        (u.utterance_id, u.audio_path) for u in benchmark.utterances
+    ]
+
+
+def test_reader_never_writes(tree: Path) -> None:
+    def snapshot() -> dict[str, int]:
+        return {str(p): p.stat().st_mtime_ns for p in sorted(tree.rglob("*"))}
+
+    before = snapshot()
+    read_iemocap(tree, "emoeval")
+    assert snapshot() == before
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+def fresh_tree(tmp_path: Path) -> Path:
+    """A tree of its own, for a test that breaks it."""
+    return write_iemocap_tree(tmp_path)
+
+
+def test_wrong_root(tmp_path: Path) -> None:
+    with pytest.raises(CorpusFormatError, match="Session1..Session5") as info:
+        read_iemocap(tmp_path, "benchmark")
+    assert info.value.path == tmp_path
+
+
+def test_missing_session_is_wrong_root(tmp_path: Path) -> None:
+    release = fresh_tree(tmp_path)
+    (release / "Session5").rename(release / "Session5_old")
+    with pytest.raises(CorpusFormatError, match=r"missing: Session5\)") as info:
+        read_iemocap(tmp_path, "benchmark")
+    assert info.value.path == release
+
+
+def test_tree_without_emoevaluation_is_not_iemocap(tmp_path: Path) -> None:
+    for n in range(1, 6):
+        (tmp_path / f"Session{n}" / "dialog").mkdir(parents=True)
+    with pytest.raises(CorpusFormatError, match="EmoEvaluation") as info:
+        read_iemocap(tmp_path, "benchmark")
+    assert info.value.path == tmp_path / "Session1" / "dialog" / "EmoEvaluation"
+
+
+def rewrite_line(path: Path, number: int, text: str) -> None:
+    lines = path.read_text().splitlines()
+    lines[number - 1] = text
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize(
+    ("relative", "line", "text", "message"),
+    [
+        ("Session2/dialog/EmoEvaluation/Ses02M_impro03.txt", 3,
+         "[1.0000 - 2.0000]\tSes02M_impro03_F000\tfea", "malformed turn summary line"),
+        ("Session1/dialog/EmoEvaluation/Ses01M_impro01.txt", 3,
+         "[1.0000 - 2.0000]\tSes01M_impro01_F000\tjoy\t[2.5000, 3.0000, 2.5000]", "unknown emotion label 'joy'"),
+        ("Session1/dialog/EmoEvaluation/Ses01M_impro01.txt", 3,
+         "[1.0000 - 2.0000]\tSes01F_impro02_F000\tneu\t[2.5000, 3.0000, 2.5000]", "Ses01F_impro02_F000"),
+        ("Session1/dialog/EmoEvaluation/Ses01M_impro01.txt", 4, "this is not IEMOCAP", "unexpected line"),
+        ("Session4/dialog/transcriptions/Ses04F_script02_1.txt", 2,
+         "Ses04F_script02_1_M000: no time span", "malformed transcript line"),
+    ],
+)
+def test_bad_line_is_an_error_naming_file_and_line(
+    tmp_path: Path, relative: str, line: int, text: str, message: str
+) -> None:
+    path = fresh_tree(tmp_path) / relative
+    rewrite_line(path, line, text)
+    with pytest.raises(CorpusFormatError, match=message) as info:
+        read_iemocap(tmp_path, "benchmark")
+    assert (info.value.path, info.value.line) == (path, line)
+    assert f"{path}:{line}" in str(info.value)
+
+
+def test_label_file_without_turns(tmp_path: Path) -> None:
+    release = fresh_tree(tmp_path)
+    path = release / "Session3" / "dialog" / "EmoEvaluation" / "Ses03M_impro05a.txt"
+    path.write_text(HEADER + "\n\n")
+    with pytest.raises(CorpusFormatError, match="no turn summary lines") as info:
+        read_iemocap(tmp_path, "benchmark")
+    assert info.value.path == path
+
+
+def test_hidden_label_files_are_ignored(tmp_path: Path) -> None:
+    release = fresh_tree(tmp_path)
+    resource_fork = release / "Session1" / "dialog" / "EmoEvaluation" / "._Ses01F_impro01.txt"
+    resource_fork.write_bytes(b"\x00\x05\x16\x07")
+    result = read_iemocap(tmp_path, "benchmark")
+    assert result.ignored["hidden_files"] == ["Session1/dialog/EmoEvaluation/._Ses01F_impro01.txt"]
+    assert len(result.utterances) == 22
+
+
+def test_unknown_policy(tree: Path) -> None:
+    with pytest.raises(PipelineError, match="unknown IEMOCAP label policy"):
+        read_iemocap(tree, "seven-class")
+
+
+def test_repeated_turn_id_is_reported_not_lost(tmp_path: Path) -> None:
+    release = fresh_tree(tmp_path)
+    path = release / "Session4" / "dialog" / "EmoEvaluation" / "Ses04F_script02_1.txt"
+    with path.open("a") as handle:
+        handle.write("\n[9.0000 - 9.5000]\tSes04F_script02_1_F000\tneu\t[2.5000, 2.5000, 2.5000]\n")
+        handle.write("C-E1:\tNeutral;\t()\n")
+    result = read_iemocap(tmp_path, "benchmark")
+    assert result.utterances_seen == 32
+    assert [u.label for u in result.utterances if u.utterance_id == "Ses04F_script02_1_F000"] == ["sad"]
+    assert [e.reason for e in result.excluded if e.utterance_id == "Ses04F_script02_1_F000"] == [
+        "duplicate utterance id"
+    ]
