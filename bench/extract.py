@@ -75,7 +75,7 @@ def sections(models: dict[str, Path], device: str, workers: int) -> dict[str, di
 
 def prepare_inputs(work: Path, sizes: list[int]) -> dict[int, Path]:
     """A realistic-length demo corpus, prepared, its manifest repeated to each size."""
-    from pipeline.demo import DemoConfig, generate_demo_corpus
+    from pipeline.demo.corpus import DemoConfig, generate_demo_corpus
     from pipeline.stages.prepare import prepare_corpus
 
     config = DemoConfig(meld_dialogues_train=8, meld_dialogues_dev=2, meld_dialogues_test=2,

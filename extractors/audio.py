@@ -33,7 +33,7 @@ import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import av
 import numpy as np
@@ -54,6 +54,7 @@ from extractors.base import (
 )
 from pipeline.core.torchvision_compat import ensure_torchvision_ops
 from pipeline.core.errors import PipelineError
+from pipeline.core.params import ParamError
 
 # transformers' model modules import torchvision, which fails on a CPU-only torch until the
 # fallback NMS is registered.
@@ -62,7 +63,6 @@ ensure_torchvision_ops()
 from transformers import AutoFeatureExtractor, Wav2Vec2Model  # noqa: E402
 
 PARAM_KEY = "extract.audio.model"
-POOLINGS = ("mean", "mean_std")
 # manifest flags that say why a row has no audio, most specific first (see pipeline/corpora)
 NO_AUDIO_FLAGS = ("missing_clip", "unreadable_clip", "clip_without_audio", "missing_audio", "unreadable_audio")
 
@@ -73,27 +73,23 @@ class AudioConfig(ExtractorConfig):
 
     model: str = "facebook/wav2vec2-base"  # a local folder or a hub id
     layers: list[int] = field(default_factory=lambda: [-1])  # hidden_states indices, averaged
-    pooling: str = "mean"  # mean | mean_std (mean and std over time: 2 * hidden)
+    pooling: Literal["mean", "mean_std"] = "mean"  # mean | mean_std (mean and std over time: 2 * hidden)
     window_s: float = 20.0  # long clips are encoded in windows of at most this (bounds memory)
     min_duration_s: float = 0.1  # shorter audio is flagged audio_too_short
     silence_rms: float = 1e-4  # RMS (full scale 1.0) below which audio is flagged silent_audio
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.layers, list) or not self.layers:
-            raise ValueError(f"layers must be a non-empty list of hidden-state indices, got {self.layers!r}")
-        if any(isinstance(i, bool) or not isinstance(i, int) for i in self.layers):
-            raise ValueError(f"layers must be integers, got {self.layers!r}")
+        if not self.layers:
+            raise ParamError("layers", "must be a non-empty list of hidden-state indices, got []")
         if len(set(self.layers)) != len(self.layers):
-            raise ValueError(f"layers lists an index twice: {self.layers!r}")
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {self.pooling!r}")
+            raise ParamError("layers", f"lists an index twice: {self.layers!r}")
         if not self.window_s > 0:
-            raise ValueError(f"window_s must be positive, got {self.window_s}")
+            raise ParamError("window_s", f"must be positive, got {self.window_s}")
         if not self.min_duration_s >= 0:
-            raise ValueError(f"min_duration_s must be 0 or more, got {self.min_duration_s}")
+            raise ParamError("min_duration_s", f"must be 0 or more, got {self.min_duration_s}")
         if not self.silence_rms >= 0:
-            raise ValueError(f"silence_rms must be 0 or more, got {self.silence_rms}")
+            raise ParamError("silence_rms", f"must be 0 or more, got {self.silence_rms}")
 
 
 @dataclass

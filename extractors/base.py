@@ -33,6 +33,7 @@ import torch
 
 from pipeline.core.errors import PipelineError, one_line
 from pipeline.core.fingerprint import sha256_file
+from pipeline.core.params import ParamError, require_choice
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
@@ -53,13 +54,13 @@ class ExtractorConfig:
     num_workers: int = 2  # DataLoader decode processes; 0 decodes in the main process
 
     def __post_init__(self) -> None:
+        """Value rules only: pipeline.core.params checks keys and types before (see its docstring)."""
         for name in ("batch_size", "shard_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ParamError(name, f"must be at least 1, got {getattr(self, name)}")
         if self.num_workers < 0:
-            raise ValueError(f"num_workers must be 0 or more, got {self.num_workers}")
-        if self.dtype not in STORE_DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(STORE_DTYPES)}, got {self.dtype!r}")
+            raise ParamError("num_workers", f"must be 0 or more, got {self.num_workers}")
+        require_choice(self.dtype, STORE_DTYPES, "dtype")
 
     def recorded_params(self) -> dict[str, Any]:
         """The params a store records (and is invalidated by): all fields but the runtime ones."""

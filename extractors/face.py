@@ -97,6 +97,7 @@ from extractors.base import (  # noqa: E402
     weights_sha256,
 )
 from pipeline.core.errors import PipelineError, one_line  # noqa: E402
+from pipeline.core.params import ParamError  # noqa: E402
 
 EMBEDDING_DIM = 512
 CROP_SIZE = 160  # InceptionResnetV1's input size
@@ -137,17 +138,17 @@ class FaceConfig(ExtractorConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not (isinstance(self.weights, str) and self.weights.strip()):
-            raise ValueError("weights must be a file path or 'vggface2'")
+        if not self.weights.strip():
+            raise ParamError("weights", f"must be a file path or {VGGFACE2!r}, got {self.weights!r}")
         if not self.fps > 0:
-            raise ValueError(f"fps must be positive, got {self.fps}")
+            raise ParamError("fps", f"must be positive, got {self.fps}")
         for name in ("max_frames", "max_side", "min_face_size", "crops_per_forward"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ParamError(name, f"must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.min_face_prob <= 1.0:
-            raise ValueError(f"min_face_prob must be in [0, 1], got {self.min_face_prob}")
+            raise ParamError("min_face_prob", f"must be in [0, 1], got {self.min_face_prob}")
         if not 0 <= self.margin < CROP_SIZE:
-            raise ValueError(f"margin must be in [0, {CROP_SIZE}), got {self.margin}")
+            raise ParamError("margin", f"must be in [0, {CROP_SIZE}), got {self.margin}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -34,27 +34,27 @@ from extractors.base import (
 )
 from pipeline.core.torchvision_compat import ensure_torchvision_ops
 from pipeline.core.errors import PipelineError
-
-POOLINGS = ("mean", "cls")
+from pipeline.core.params import ParamError
 
 
 @dataclass
 class TextConfig(ExtractorConfig):
+    """params.yaml `extract.text`."""
+
     model: str = "roberta-large"  # local folder or hub id
     layers: list[int] = field(default_factory=lambda: [-1])  # hidden_states indices, averaged
-    pooling: str = "mean"  # mean (over the target's tokens) | cls
+    pooling: Literal["mean", "cls"] = "mean"  # mean (over the target's tokens) | cls
     context_window: int = 0  # previous utterances of the dialogue fed with the target
     max_tokens: int = 0  # 0 = the model's limit (512 for roberta-large)
     batch_size: int = 32
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if not self.layers:
-            raise ValueError("layers must name at least one hidden layer")
-        if self.context_window < 0 or self.max_tokens < 0:
-            raise ValueError("context_window and max_tokens must be 0 or more")
+            raise ParamError("layers", "must name at least one hidden layer")
+        for name in ("context_window", "max_tokens"):
+            if getattr(self, name) < 0:
+                raise ParamError(name, f"must be 0 or more, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

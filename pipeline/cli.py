@@ -7,20 +7,26 @@ Errors caused by input (a wrong path, a malformed file) print one line and exit 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.core.errors import PipelineError, one_line
+from pipeline.core.params import MODALITIES
 
 
 def _cmd_demo_corpus(args: argparse.Namespace) -> None:
-    from pipeline.core.params import load_section
-    from pipeline.demo import DemoConfig, generate_demo_corpus
+    from pipeline.core.params import load_section, section_to_dataclass
+    from pipeline.demo.corpus import DemoConfig, generate_demo_corpus
 
-    config = load_section(args.params, "demo", DemoConfig) if args.params else DemoConfig()
+    values = load_section(args.params, "demo") if args.params else {}
     if args.seed is not None:
-        config.seed = args.seed
+        values = {**values, "seed": args.seed}
+    where = f"{args.params}:demo" if args.params else "demo"
+    sources = {"seed": "--seed"} if args.seed is not None else None
+    config = section_to_dataclass(DemoConfig, values, where, sources=sources)
     truth = generate_demo_corpus(Path(args.out), config)
     counts = truth.get("counts", {})
     print(f"demo corpus written to {args.out}: {counts}")
@@ -35,14 +41,10 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def _cmd_extract(args: argparse.Namespace) -> None:
-    from pipeline.core.params import load_params
+    from pipeline.core.params import load_section
     from pipeline.stages.extract import describe, extract_features
 
-    section = None
-    if args.params:
-        section = load_params(args.params).get("extract", {}).get(args.modality)
-        if section is None:
-            raise PipelineError(f"{args.params}: section 'extract.{args.modality}' not found")
+    section = load_section(args.params, f"extract.{args.modality}") if args.params else None
     report = extract_features(
         args.modality,
         Path(args.manifest),
@@ -73,11 +75,15 @@ def _cmd_import_features(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from pipeline.stages.train import load_train_config, train, train_seeds
+    from dataclasses import asdict
+
+    from pipeline.core.params import section_to_dataclass
+    from pipeline.stages.train import TrainConfig, load_train_config, train, train_seeds
 
     config = load_train_config(args.params, args.corpus)
     if args.seed is not None:
-        config.seed = args.seed
+        config = section_to_dataclass(TrainConfig, {**asdict(config), "seed": args.seed}, f"{args.params}:train",
+                                      sources={"seed": "--seed"})
     if args.seeds < 1:
         raise PipelineError(f"--seeds must be at least 1, got {args.seeds}")
     kwargs = {"fresh": args.fresh, "cpu": args.cpu, "feature_shuffle": args.feature_shuffle}
@@ -136,7 +142,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipeline.corpora import available_corpora
+    from pipeline.corpora import corpus_names
 
     parser = argparse.ArgumentParser(prog="mer", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -148,17 +154,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, help="override the seed")
     demo.set_defaults(func=_cmd_demo_corpus)
 
-    corpora = available_corpora()
-    policies = ", ".join(f"{name}: {'/'.join(spec.label_policies)}" for name, spec in corpora.items())
+    corpora = corpus_names()  # names only: a command imports the one reader it runs
     prep = sub.add_parser("prepare", help="read a raw corpus tree into an utterance manifest")
     prep.add_argument("--corpus", required=True, choices=sorted(corpora))
     prep.add_argument("--root", required=True, help="the raw release folder (e.g. MELD.Raw, IEMOCAP_full_release)")
     prep.add_argument("--out", required=True, help="output folder for manifest.parquet and summary.json")
-    prep.add_argument("--label-policy", help=f"label set ({policies}); default: the corpus's benchmark set")
+    prep.add_argument("--label-policy", help="the corpus's label set (a wrong one is answered with the list); "
+                      "default: its benchmark set")
     prep.set_defaults(func=_cmd_prepare)
 
     ext = sub.add_parser("extract", help="extract one modality's features of a manifest into a feature store")
-    ext.add_argument("modality", choices=["text", "audio", "face"])
+    ext.add_argument("modality", choices=MODALITIES)
     ext.add_argument("--manifest", required=True, help="the prepared corpus folder (holds manifest.parquet)")
     ext.add_argument("--out", required=True, help="the feature store folder; an unfinished one is resumed")
     ext.add_argument("--params", type=Path, help="params.yaml whose `extract.<modality>` section configures it")
@@ -248,9 +254,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Set to a file path, every `mer` command appends one JSON line to it: its argv and the project
+# source files it loaded. The test suite runs `dvc repro` with it to check that each DVC stage
+# depends on every module its command runs (tests/helpers/dvc_deps.py).
+MODULE_LOG_ENV = "MER_MODULE_LOG"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_PACKAGES = ("pipeline", "extractors", "model")
+
+
+def loaded_project_files() -> list[str]:
+    """The project's source files (relative to the project root) imported into this process."""
+    files = set()
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if name.split(".")[0] in PROJECT_PACKAGES and path:
+            resolved = Path(path).resolve()
+            if resolved.is_relative_to(PROJECT_ROOT):
+                files.add(resolved.relative_to(PROJECT_ROOT).as_posix())
+    return sorted(files)
+
+
+def _log_loaded_modules(argv: list[str]) -> None:
+    log = os.environ.get(MODULE_LOG_ENV)
+    if log:
+        with open(log, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"argv": argv, "modules": loaded_project_files()}) + "\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _run(argv)
+    finally:
+        _log_loaded_modules(argv)
+
+
+def _run(argv: list[str]) -> int:
+    parser = build_parser()
     debug = "--debug" in argv  # accepted after the subcommand too
     args = parser.parse_args([a for a in argv if a != "--debug"])
     try:

@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture(scope="session")
 def demo_corpus(tmp_path_factory) -> tuple[Path, dict]:
     """The default demo corpus, generated once per test session: (root folder, truth record)."""
-    from pipeline.demo import DemoConfig, generate_demo_corpus
+    from pipeline.demo.corpus import DemoConfig, generate_demo_corpus
 
     root = tmp_path_factory.mktemp("demo") / "corpus"
     return root, generate_demo_corpus(root, DemoConfig())

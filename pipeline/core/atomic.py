@@ -101,10 +101,28 @@ def atomic_output_dir(path: Path) -> Iterator[Path]:
         if _no_space(exc):
             raise OutputWriteError(path, exc) from exc
         raise
-    old = None
-    if path.exists():
-        old = path.parent / f".{path.name}.old-{os.getpid()}"
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, path)
+
+
+def _replaced(final: Path) -> Path:
+    return final.parent / f".{final.name}.old"
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Put the finished folder `tmp` at `final` (a sibling): the previous `final`, if any, is moved
+    aside to `.<name>.old`, `tmp` renamed into place, then the old one removed. Between the two
+    renames `final` is absent; `restore_replaced_dir` undoes a kill at that moment."""
+    old = _replaced(final)
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def restore_replaced_dir(final: Path) -> None:
+    """After a kill between `replace_dir`'s two renames, `final` is gone and `.<name>.old` is the whole
+    previous folder (its successor may be incomplete): put the old one back."""
+    old = _replaced(final)
+    if not final.exists() and old.is_dir():
+        os.replace(old, final)

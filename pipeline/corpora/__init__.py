@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.core.errors import PipelineError
 from pipeline.formats.manifest import CorpusReadResult
 
 ReadFn = Callable[[Path, str], CorpusReadResult]
@@ -44,21 +45,16 @@ def register_corpus(
     return decorate
 
 
-def _load_all() -> None:
-    for module in pkgutil.iter_modules(__path__):
-        if not module.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{module.name}")
-
-
-def available_corpora() -> dict[str, CorpusSpec]:
-    _load_all()
-    return dict(sorted(_REGISTRY.items()))
+def corpus_names() -> list[str]:
+    """The corpora this package has a reader for, without importing any reader (so a stage loads, and
+    depends on, only the reader it runs)."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
 def get_corpus(name: str) -> CorpusSpec:
-    corpora = available_corpora()
-    if name not in corpora:
-        from pipeline.core.errors import PipelineError
-
-        raise PipelineError(f"unknown corpus {name!r}; available: {', '.join(corpora)}")
-    return corpora[name]
+    """The reader of corpus `name`, importing `pipeline.corpora.<name>` on demand."""
+    if name not in corpus_names():
+        raise PipelineError(f"unknown corpus {name!r}; available: {', '.join(corpus_names())}")
+    if name not in _REGISTRY:
+        importlib.import_module(f"{__name__}.{name}")
+    return _REGISTRY[name]

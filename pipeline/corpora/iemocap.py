@@ -27,6 +27,11 @@ CORPUS = "iemocap"
 RELEASE_DIR = "IEMOCAP_full_release"
 SESSIONS = (1, 2, 3, 4, 5)
 TEST_SESSIONS = frozenset({5})
+# The release's layout inside each session folder (`session_dir`), one entry per dialogue:
+LABEL_DIR = "dialog/EmoEvaluation"  # <dialogue>.txt: turn summary lines and their votes
+TRANSCRIPT_DIR = "dialog/transcriptions"  # <dialogue>.txt
+VIDEO_DIR = "dialog/avi/DivX"  # <dialogue>.avi: the whole dialogue, both actors
+WAV_DIR = "sentences/wav"  # <dialogue>/<utterance>.wav: one per turn
 
 SIX_CLASSES = ["hap", "sad", "neu", "ang", "exc", "fru"]
 LABEL_POLICIES: dict[str, list[str]] = {
@@ -205,13 +210,18 @@ def find_release_root(root: Path) -> Path:
     )
 
 
+def session_dir(release_root: Path, session: int) -> Path:
+    """`Session<n>` of the release."""
+    return release_root / f"Session{session}"
+
+
 def missing_sessions(folder: Path) -> list[str]:
-    return [f"Session{n}" for n in SESSIONS if not (folder / f"Session{n}").is_dir()]
+    return [session_dir(folder, n).name for n in SESSIONS if not session_dir(folder, n).is_dir()]
 
 
 def dialogue_label_files(ctx: _Context, session: int) -> list[Path]:
     """The session's top-level EmoEvaluation .txt files (its subfolders and .anvil files are not labels)."""
-    folder = ctx.release_root / f"Session{session}" / "dialog" / "EmoEvaluation"
+    folder = session_dir(ctx.release_root, session) / LABEL_DIR
     if not folder.is_dir():
         raise CorpusFormatError(
             folder, "not an IEMOCAP release: expected the EmoEvaluation folder of the session"
@@ -252,14 +262,14 @@ def read_dialogue(ctx: _Context, session: int, label_path: Path, policy: str) ->
 
 def open_dialogue(ctx: _Context, session: int, dialogue_id: str, label_path: Path) -> Dialogue:
     """Fingerprint the dialogue's label and transcript files, read the transcript, probe the video once."""
-    session_dir = ctx.release_root / f"Session{session}"
+    session_folder = session_dir(ctx.release_root, session)
     sources = [ctx.record(content_fingerprint(ctx.release_root, label_path, "labels"))]
-    transcript_path = session_dir / "dialog" / "transcriptions" / f"{dialogue_id}.txt"
+    transcript_path = session_folder / TRANSCRIPT_DIR / f"{dialogue_id}.txt"
     transcript: dict[str, TranscriptLine] = {}
     if transcript_path.is_file():
         sources.append(ctx.record(content_fingerprint(ctx.release_root, transcript_path, "transcript")))
         transcript = parse_transcript(ctx, transcript_path)
-    video = check_media(ctx, session_dir / "dialog" / "avi" / "DivX" / f"{dialogue_id}.avi", "video")
+    video = check_media(ctx, session_folder / VIDEO_DIR / f"{dialogue_id}.avi", "video")
     return Dialogue(
         session=session,
         dialogue_id=dialogue_id,
@@ -438,7 +448,7 @@ def build_utterance(
     ctx: _Context, dialogue: Dialogue, turn: Turn, turn_index: int, label: str, label_source: str
 ) -> Utterance:
     """The manifest row of one kept turn; problems become flags, never drops."""
-    wav = ctx.release_root / f"Session{dialogue.session}" / "sentences" / "wav" / dialogue.dialogue_id
+    wav = session_dir(ctx.release_root, dialogue.session) / WAV_DIR / dialogue.dialogue_id
     audio = check_media(ctx, wav / f"{turn.utterance_id}.wav", "audio")
     video = dialogue.video
     line = dialogue.transcript.get(turn.utterance_id)

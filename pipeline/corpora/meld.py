@@ -34,6 +34,9 @@ COLUMNS = [
     "Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID",
     "Utterance_ID", "Season", "Episode", "StartTime", "EndTime",
 ]
+# The release's layout: RELEASE_DIR holds one label CSV and one clip folder per split (copies nest
+# differently, so the reader looks for the CSVs up to two folders below its root, not for RELEASE_DIR).
+RELEASE_DIR = "MELD.Raw"
 CSV_FILES = {"train": "train_sent_emo.csv", "dev": "dev_sent_emo.csv", "test": "test_sent_emo.csv"}
 CLIP_FOLDERS = {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}
 LONG_SPAN_S = 60.0  # real outliers (305 s, 235 s) are mis-cut clips; flag them for the extractors
@@ -174,7 +177,7 @@ def find_meld_root(root: Path) -> Path:
     train_csv = _find_unique(root, CSV_FILES["train"], want_dir=False)
     if train_csv is None:
         raise CorpusFormatError(
-            root, f"not a MELD.Raw tree: no {CSV_FILES['train']} found here or up to two folders below"
+            root, f"not a {RELEASE_DIR} tree: no {CSV_FILES['train']} found here or up to two folders below"
         )
     meld_root = train_csv.parent
     for split, name in CSV_FILES.items():
@@ -254,7 +257,7 @@ LABEL_POLICIES = {"emotion": EMOTIONS, "sentiment": SENTIMENTS}
 
 @register_corpus(
     "meld", label_policies=LABEL_POLICIES, default_policy="emotion",
-    description="MELD (Friends TV series), MELD.Raw layout: *_sent_emo.csv + per-split mp4 clip folders",
+    description=f"MELD (Friends TV series), {RELEASE_DIR} layout: *_sent_emo.csv + per-split mp4 clip folders",
 )
 def read_meld(root: Path, label_policy: str) -> CorpusReadResult:
     labels = LABEL_POLICIES[label_policy]

@@ -32,8 +32,12 @@ from pipeline.demo.signals import (
 )
 
 if TYPE_CHECKING:
-    from pipeline.demo import DemoConfig
+    from pipeline.demo.corpus import DemoConfig
 
+# The release's names and the dev split, stated here on purpose and NOT imported from the reader
+# (pipeline.corpora.iemocap: RELEASE_DIR, LABEL_DIR..., DEV_DIALOGUES, SPEAKER_FRAME_SIDE): the demo
+# is the independent writer the reader is tested against, so a wrong name or dev list in either one
+# fails the tests instead of agreeing with itself. The same holds for every path this module writes.
 ROOT = "IEMOCAP_full_release"
 # The 12 dialogues the readers treat as dev, ordered so that the first picks include odd names.
 DEV_DIALOGUES = (
@@ -51,7 +55,7 @@ TEST_POOL = (
     "Ses05M_script01_1b", "Ses05F_impro03", "Ses05M_impro04",
     "Ses05F_script02_1", "Ses05M_impro08", "Ses05F_script03_2",
 )
-VIDEO_HALF = {"F": "left", "M": "right"}
+VIDEO_HALF = {"F": "left", "M": "right"}  # the reader's SPEAKER_FRAME_SIDE, stated independently
 
 _CATEGORY = {
     "neu": "Neutral", "hap": "Happiness", "sad": "Sadness", "ang": "Anger", "exc": "Excited",

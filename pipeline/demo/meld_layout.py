@@ -30,8 +30,12 @@ from pipeline.demo.signals import (
 )
 
 if TYPE_CHECKING:
-    from pipeline.demo import DemoConfig
+    from pipeline.demo.corpus import DemoConfig
 
+# The release's names, stated here on purpose and NOT imported from the reader (pipeline.corpora.meld:
+# RELEASE_DIR, CSV_FILES, CLIP_FOLDERS, COLUMNS, EMOTIONS): the demo is the independent writer the
+# reader is tested against, so a wrong name in either one fails the tests instead of agreeing with
+# itself. The same holds for every path and format this module writes.
 ROOT = "MELD.Raw"
 SPLITS = ("train", "dev", "test")
 CSV_NAMES = {"train": "train_sent_emo.csv", "dev": "dev_sent_emo.csv", "test": "test_sent_emo.csv"}

@@ -77,14 +77,13 @@ from safetensors.torch import save as safetensors_save
 from pipeline.core.atomic import atomic_write_bytes
 from pipeline.core.errors import PipelineError
 from pipeline.core.fingerprint import sha256_file
-from pipeline.formats.stage_report import stage_counts
+from pipeline.formats.stage_report import REPORT_FILE, stage_counts
 
 FORMAT_VERSION = 1
 STORE_KEY = "mer_store"
 AVAILABILITY_KEY = "mer_availability"
 AVAILABILITY_TENSOR = "available"
 INDEX_FILE = "index.json"
-REPORT_FILE = "report.json"
 AVAILABILITY_FILE = "availability.safetensors"
 LOCK_FILE = ".lock"
 # the finished-store files, in the order finalize() publishes them (index.json last)

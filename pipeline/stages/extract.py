@@ -26,11 +26,12 @@ from extractors.base import (
     Decoder,
     Encoded,
     Extractor,
+    ExtractorConfig,
     cpu_threads,
     extractor_for,
     resolve_device,
 )
-from pipeline.core.params import section_to_dataclass
+from pipeline.core.params import check_value, reported_at, section_to_dataclass
 from pipeline.core.errors import PipelineError
 from pipeline.formats.feature_store import FeatureStoreWriter, StoreMetadata
 from pipeline.core.fingerprint import sha256_file
@@ -67,11 +68,22 @@ def _as_list(batch: list[Decoded]) -> list[Decoded]:
     return batch
 
 
+def extractor_config(
+    modality: str, section: dict[str, Any] | None, where: str
+) -> tuple[type[Extractor], ExtractorConfig]:
+    """The extractor class for `modality` and its config from `section` (`extract.<modality>`; None =
+    all defaults), `where` being the section's label in messages, e.g. "params.yaml:extract.text".
+    The section's `extractor` picks the class, whose config class the whole section is checked against."""
+    with reported_at(where):
+        section = check_value({} if section is None else section, dict[str, Any])
+        name = check_value(section.get("extractor", ""), str, "extractor")
+    cls = extractor_for(modality, name)
+    return cls, section_to_dataclass(cls.config_class, section, where)
+
+
 def build_extractor(modality: str, section: dict[str, Any] | None, raw_root: Path, where: str) -> Extractor:
-    """The configured extractor for `modality`, its model loaded on the configured device."""
-    section = dict(section or {})
-    cls = extractor_for(modality, section.get("extractor", ""))
-    config = section_to_dataclass(cls.config_class, section, where)
+    """The configured extractor for `modality` (see `extractor_config`), its model loaded on the configured device."""
+    cls, config = extractor_config(modality, section, where)
     device = resolve_device(config.device)
     torch.set_num_threads(cpu_threads())
     return cls(config, raw_root, device)
@@ -93,6 +105,8 @@ def extract_features(
     raw folder recorded in the manifest. `extractor`, if given, is used instead of building one
     from `section` (its model stays loaded across calls). Returns the store's report.
     """
+    if extractor is None:
+        extractor_config(modality, section, f"{where}.{modality}")  # a bad section fails before any file is read
     manifest_path = Path(manifest_dir) / MANIFEST_FILE
     if not manifest_path.is_file():
         raise PipelineError(f"{manifest_path}: manifest not found (run `mer prepare` for this corpus first)")

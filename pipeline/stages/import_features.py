@@ -116,20 +116,19 @@ sha256, ``manifest_sha256`` = the written manifest's, ``params`` = {format, layo
 text_layers}. Values are stored as float32 by default, which is exactly what every paper's loader
 feeds its model (``torch.FloatTensor``); ``--dtype float16`` halves the size.
 
-Everything is written to ``DIR/.import-<corpus>.*.tmp`` first; only when all of it is written are
-``features/<corpus>`` and then ``prepared/<corpus>`` renamed into place (replacing an earlier
-import as a whole), so a failed import leaves the previous one untouched. Folders there that
-``mer prepare`` or ``mer extract`` made are never replaced: the import refuses instead.
+Everything is written to temporary folders beside its targets first (``pipeline.core.atomic``'s
+``atomic_output_dir``: ``DIR/features/.<corpus>.*.tmp`` and ``DIR/prepared/.<corpus>.*.tmp``); only
+when all of it is written are ``features/<corpus>`` and then ``prepared/<corpus>`` renamed into place
+(replacing an earlier import as a whole), so a failed import leaves the previous one untouched.
+Folders there that ``mer prepare`` or ``mer extract`` made are never replaced: the import refuses
+instead, checked before anything is written and again just before the renames.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import random
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -139,8 +138,10 @@ from typing import Any
 import numpy as np
 
 from pipeline import __version__
+from pipeline.core.atomic import atomic_output_dir
 from pipeline.core.errors import PipelineError, one_line
 from pipeline.core.fingerprint import Fingerprint, sha256_file
+from pipeline.core.params import MODALITIES
 from pipeline.formats.manifest import (
     MANIFEST_FILE,
     SPLITS,
@@ -160,7 +161,6 @@ TEXT_LAYER_MODES = ("mean", "concat", "last")
 DTYPES = ("float32", "float16")
 EXTRACTOR_VERSION = "1"
 SHARD_SIZE = 256
-MODALITIES = ("text", "audio", "face")
 _HAS_FIELD = {"text": "has_text", "audio": "has_audio", "face": "has_video"}
 _ROBERTA = ("roberta1", "roberta2", "roberta3", "roberta4")
 # the papers' label orders (see the module docstring); equal to our corpora's
@@ -603,8 +603,10 @@ def _check_replaceable(prepared: Path, features: Path) -> None:
                 f"{prepared}: exists and is not the output of `mer import-features`; choose another --out"
             )
     if features.exists():
+        from pipeline.formats.feature_store import INDEX_FILE  # torch: loaded only when there is a store to check
+
         for child in sorted(features.iterdir()):
-            index = child / "index.json"
+            index = child / INDEX_FILE
             extractor = ""
             if index.is_file():
                 store = json.loads(index.read_text(encoding="utf-8")).get("store", {})
@@ -616,14 +618,14 @@ def _check_replaceable(prepared: Path, features: Path) -> None:
 
 
 def _write_stores(
-    tmp: Path, imported: _Imported, layout: Layout, pickle_path: Path, pickle_sha: str,
+    prepared: Path, features: Path, imported: _Imported, layout: Layout, pickle_path: Path, pickle_sha: str,
     text_layers: str | None, dtype: str,
 ) -> dict[str, dict[str, Any]]:
+    """One store per modality of the layout in `features`, in the order of the manifest in `prepared`."""
     import torch
 
     from pipeline.formats.feature_store import FeatureStoreWriter, StoreMetadata
 
-    prepared = tmp / "prepared" / layout.corpus
     ids = [row["utterance_id"] for row in read_manifest(prepared / MANIFEST_FILE)]
     manifest_sha = sha256_file(prepared / MANIFEST_FILE)
     reports = {}
@@ -638,7 +640,7 @@ def _write_stores(
                 "text_layers": text_layers if modality == "text" else None,
             },
         )
-        folder = tmp / "features" / layout.corpus / modality
+        folder = features / modality
         torch_dtype = torch.float32 if dtype == "float32" else torch.float16
         with FeatureStoreWriter(folder, metadata, ids, SHARD_SIZE, torch_dtype) as writer:
             for k in writer.pending_shards():
@@ -648,18 +650,6 @@ def _write_stores(
                 writer.write_shard(k, tensors, flags)
             reports[modality] = writer.finalize()
     return reports
-
-
-def _publish(tmp: Path, out_dir: Path, corpus: str) -> None:
-    """Rename features/<corpus>, then prepared/<corpus>, into place; earlier imports go as a whole."""
-    old = tmp / "replaced"
-    old.mkdir()
-    for kind in ("features", "prepared"):
-        final = out_dir / kind / corpus
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():
-            os.replace(final, old / kind)
-        os.replace(tmp / kind / corpus, final)
 
 
 def import_features(
@@ -712,28 +702,20 @@ def import_features(
         "raw_tree_sha256": pickle_sha,
         "pipeline_version": __version__,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".import-{corpus}.", suffix=".tmp", dir=out_dir))
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())
-        prepared_tmp = tmp / "prepared" / corpus
-        prepared_tmp.mkdir(parents=True)
+    # Both folders are written in full before either is renamed into place: leaving the inner block
+    # publishes features/<corpus>, then leaving the outer one prepared/<corpus>; an error anywhere in
+    # the blocks removes both temporary folders and leaves an earlier import untouched.
+    with atomic_output_dir(prepared_final) as prepared_tmp:
         write_manifest(result.utterances, prepared_tmp / MANIFEST_FILE, metadata)
-        reports = _write_stores(tmp, imported, layout, pickle_path, pickle_sha, text_layers, dtype)
-        summary["import"] = _import_section(imported, layout, pickle_path, pickle_sha, reports, fraction=dev_fraction,
-                                            seed=seed, text_layers=text_layers, dtype=dtype)
-        write_summary_and_report(prepared_tmp, result, summary, stage="import-features")
-        _check_replaceable(prepared_final, features_final)  # nothing else appeared meanwhile
-        _publish(tmp, out_dir, corpus)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_output_dir(features_final) as features_tmp:
+            reports = _write_stores(prepared_tmp, features_tmp, imported, layout, pickle_path, pickle_sha,
+                                    text_layers, dtype)
+            summary["import"] = _import_section(imported, layout, pickle_path, pickle_sha, reports,
+                                                fraction=dev_fraction, seed=seed, text_layers=text_layers,
+                                                dtype=dtype)
+            write_summary_and_report(prepared_tmp, result, summary, stage="import-features")
+            _check_replaceable(prepared_final, features_final)  # nothing else appeared meanwhile
     return summary
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _import_section(

@@ -31,7 +31,10 @@ import yaml
 from pipeline.core.atomic import atomic_write_bytes
 from pipeline.core.errors import PipelineError
 from pipeline.core.fingerprint import sha256_file
+from pipeline.formats.feature_store import INDEX_FILE
+from pipeline.formats.manifest import MANIFEST_FILE, SUMMARY_FILE, manifest_metadata, read_manifest
 from pipeline.formats.stage_report import REPORT_FILE, describe_counts, read_stage_report
+from pipeline.formats.run_files import BEST_DIR, CHECKPOINT_JSON, STATS_FILE, WEIGHTS_FILE
 
 OK, WARNING, BROKEN = "ok", "warning", "broken"
 KINDS = ("metrics", "checkpoint", "feature_store", "manifest", "raw_files")  # the chain's order, result first
@@ -217,18 +220,18 @@ class _Tracer:
         path = self.resolve(path)
         if not path.exists():
             raise PipelineError(f"{path}: does not exist")
-        if path.is_dir() and (path / "manifest.parquet").is_file():
-            path = path / "manifest.parquet"
+        if path.is_dir() and (path / MANIFEST_FILE).is_file():
+            path = path / MANIFEST_FILE
         rel = self.rel(path)
         if rel in self.links:
             return rel
-        if path.is_file() and path.name == "manifest.parquet":
+        if path.is_file() and path.name == MANIFEST_FILE:
             self.manifest(path)
         elif path.is_file() and path.suffix == ".json":
             self.metrics(path)
-        elif path.is_dir() and (path / "checkpoint.json").is_file():
+        elif path.is_dir() and (path / CHECKPOINT_JSON).is_file():
             self.checkpoint(path)
-        elif path.is_dir() and ((path / "index.json").is_file() or (path / "report.json").is_file()):
+        elif path.is_dir() and ((path / INDEX_FILE).is_file() or (path / REPORT_FILE).is_file()):
             self.store(path)
         else:
             raise PipelineError(f"{path}: not a metrics file, checkpoint folder, feature store or manifest")
@@ -246,8 +249,8 @@ class _Tracer:
             checkpoint = self.resolve(recorded["path"])
             link.facts["evaluated"] = f"{recorded['corpus']} checkpoint, epoch {recorded['epoch']}, seed {recorded['seed']}"
             expected_weights = recorded.get("weights_sha256")
-        elif (path.parent / "best" / "checkpoint.json").is_file():  # written by `mer train`
-            checkpoint, expected_weights = path.parent / "best", None
+        elif (path.parent / BEST_DIR / CHECKPOINT_JSON).is_file():  # written by `mer train`
+            checkpoint, expected_weights = path.parent / BEST_DIR, None
             link.facts["selected"] = f"epoch {metrics.get('best_epoch')} of {metrics.get('epochs_run')} (on dev)"
         else:
             raise PipelineError(f"{path}: names no checkpoint (not written by `mer evaluate` or `mer train`)")
@@ -259,7 +262,7 @@ class _Tracer:
             link.check(False, "", "trained on SHUFFLED features (an alignment check, not a result)", WARNING)
         if not self.present(link, checkpoint, "checkpoint"):
             return
-        record = json.loads((checkpoint / "checkpoint.json").read_text(encoding="utf-8"))
+        record = json.loads((checkpoint / CHECKPOINT_JSON).read_text(encoding="utf-8"))
         if expected_weights is not None:
             link.check(
                 record.get("weights_sha256") == expected_weights,
@@ -276,7 +279,7 @@ class _Tracer:
         link.inputs.append(self.visit(checkpoint))
 
     def checkpoint(self, path: Path) -> None:
-        record = json.loads((path / "checkpoint.json").read_text(encoding="utf-8"))
+        record = json.loads((path / CHECKPOINT_JSON).read_text(encoding="utf-8"))
         link = self.new_link("checkpoint", path)
         code = record.get("code", {})
         data = record.get("data", {})
@@ -290,7 +293,7 @@ class _Tracer:
             "train config": {k: v for k, v in record.get("train_config", {}).items() if k != "model"},
             "model": record.get("train_config", {}).get("model", {}),
         })
-        for name, key in (("model.safetensors", "weights_sha256"), ("feature_stats.safetensors", "feature_stats_sha256")):
+        for name, key in ((WEIGHTS_FILE, "weights_sha256"), (STATS_FILE, "feature_stats_sha256")):
             if record.get(key) and (path / name).is_file():
                 now = sha256_file(path / name)
                 link.check(now == record[key], f"{name} matches its recorded sha256 {_short(now)}",
@@ -312,10 +315,10 @@ class _Tracer:
             rel = self.rel(folder)
             if not self.present(link, folder, f"{modality} store"):
                 continue
-            index = folder / "index.json"
+            index = folder / INDEX_FILE
             now = sha256_file(index) if index.is_file() else None
             link.check(now == store.get("index_sha256"), f"{modality} store {rel} is the one trained on",
-                       f"{modality} store {rel} changed since training (index.json recorded "
+                       f"{modality} store {rel} changed since training ({INDEX_FILE} recorded "
                        f"{_short(store.get('index_sha256'))}, now {_short(now)})")
             built_from = store.get("metadata", {}).get("manifest_sha256")
             link.check(built_from == expected_manifest, f"{modality} store was built from the training manifest",
@@ -356,9 +359,9 @@ class _Tracer:
         if rel in self.links:
             return rel
         link = self.new_link("feature_store", folder)
-        index_path = folder / "index.json"
-        if not link.check(index_path.is_file(), "the store is finished (index.json present)",
-                          "the store is unfinished (no index.json): rerun its `mer extract`"):
+        index_path = folder / INDEX_FILE
+        if not link.check(index_path.is_file(), f"the store is finished ({INDEX_FILE} present)",
+                          f"the store is unfinished (no {INDEX_FILE}): rerun its `mer extract`"):
             return rel
         index = json.loads(index_path.read_text(encoding="utf-8"))
         store = index.get("store", {})
@@ -372,7 +375,7 @@ class _Tracer:
         self._stage_report(link, folder)
         bad = [s["file"] for s in index.get("shards", [])
                if not (folder / s["file"]).is_file() or sha256_file(folder / s["file"]) != s["sha256"]]
-        link.check(not bad, f"{len(index.get('shards', []))} shards match index.json",
+        link.check(not bad, f"{len(index.get('shards', []))} shards match {INDEX_FILE}",
                    f"shards changed or missing since the store was written: {', '.join(bad)}")
         self._check_weights(link, store)
         self._check_store_params(link, store)
@@ -402,9 +405,9 @@ class _Tracer:
         """The manifest a store was made from: dvc.lock's dep of its stage, else data/prepared/<corpus>."""
         if link.stage:
             for dep in self.lock.stages[link.stage].get("deps", []):
-                if dep["path"].endswith("manifest.parquet"):
+                if dep["path"].endswith(MANIFEST_FILE):
                     return self.resolve(dep["path"])
-        guess = folder.parent.parent.parent / "prepared" / str(store.get("corpus")) / "manifest.parquet"
+        guess = folder.parent.parent.parent / "prepared" / str(store.get("corpus")) / MANIFEST_FILE
         return guess if guess.is_file() else None
 
     def _check_weights(self, link: Link, store: dict[str, Any]) -> None:
@@ -440,10 +443,8 @@ class _Tracer:
                    f"params differ from dvc.lock's {link.stage} in {', '.join(differ)}")
 
     def manifest(self, path: Path) -> None:
-        from pipeline.formats.manifest import manifest_metadata, read_manifest
-
         link = self.new_link("manifest", path)
-        summary_path = path.parent / "summary.json"
+        summary_path = path.parent / SUMMARY_FILE
         summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
         meta = manifest_metadata(path)
         link.facts.update({
@@ -454,11 +455,11 @@ class _Tracer:
             "per split": {s: v.get("utterances") for s, v in summary.get("splits", {}).items()},
         })
         self._stage_report(link, path.parent)
-        link.check(bool(summary), "summary.json present",
-                   "summary.json is missing beside the manifest: its counts and exclusions cannot be shown", WARNING)
+        link.check(bool(summary), f"{SUMMARY_FILE} present",
+                   f"{SUMMARY_FILE} is missing beside the manifest: its counts and exclusions cannot be shown", WARNING)
         if summary:
             link.check(summary.get("raw_tree_sha256") == meta.get("raw_tree_sha256"),
-                       "summary.json belongs to this manifest", "summary.json describes another raw tree")
+                       f"{SUMMARY_FILE} belongs to this manifest", f"{SUMMARY_FILE} describes another raw tree")
         if link.stage:
             locked = self.lock.params(link.stage)
             policy = next((v.get("label_policy") for k, v in locked.items() if isinstance(v, dict)), None)

@@ -7,16 +7,18 @@ renders the same content twice:
     report.html   one file, inline CSS and inline SVG figures: no external resource, no JavaScript
     report.md     the same tables, with each figure referenced as a .svg file written beside it
 
-The page is built once as a list of sections made of small blocks (paragraph, table, figure), and the
-two renderers only format those blocks, so the HTML and the Markdown cannot drift apart. The charts
-are drawn here as plain SVG (matplotlib is not a dependency). Nothing in the output depends on the
-time or the machine, so rerunning the stage on the same inputs gives the same bytes.
+The page is built once as a list of sections made of small blocks (paragraph, table, chart), and the
+two jinja2 templates (templates/report.html.j2, report.md.j2) only format those blocks, so the HTML
+and the Markdown cannot drift apart. The charts are matplotlib SVG drawn under fixed settings, with no
+date and fixed ids, so rerunning the stage on the same inputs gives the same bytes (DVC then sees no
+change).
 """
 
 from __future__ import annotations
 
 import csv
 import html
+import io
 import json
 import math
 import re
@@ -24,13 +26,24 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+from xml.dom import minidom
+
+import matplotlib
+import matplotlib.style
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
 from pipeline.core.atomic import atomic_output_dir
 from pipeline.core.errors import PipelineError
-from pipeline.formats.stage_report import split_reasons
+from pipeline.core.params import MODALITIES
+from pipeline.formats.feature_store import INDEX_FILE
+from pipeline.formats.manifest import SUMMARY_FILE
+from pipeline.formats.run_files import BEST_DIR, CHECKPOINT_JSON, METRICS_FILE
+from pipeline.formats.stage_report import REPORT_FILE, split_reasons
 
-MODALITIES = ("text", "audio", "face")
 SPLITS = ("train", "dev", "test")
 HTML_FILE = "report.html"
 MD_FILE = "report.md"
@@ -128,16 +141,16 @@ def load_inputs(
     corpus: str, prepared: Path, features: Path, train: Path, evaluation: Path
 ) -> RunInputs:
     """Read every input in pipeline order, so a missing one names the earliest stage to rerun."""
-    summary = _read_json(prepared / "summary.json", f"prepare@{corpus}")
+    summary = _read_json(prepared / SUMMARY_FILE, f"prepare@{corpus}")
     stores = {}
     for modality in MODALITIES:
         stage = f"extract@{corpus}-{modality}"
         stores[modality] = StoreInputs(
-            report=_read_json(features / modality / "report.json", stage),
-            index=_read_json(features / modality / "index.json", stage),
+            report=_read_json(features / modality / REPORT_FILE, stage),
+            index=_read_json(features / modality / INDEX_FILE, stage),
         )
-    train_metrics = _read_json(train / "metrics.json", f"train@{corpus}")
-    checkpoint = _read_json(train / "best" / "checkpoint.json", f"train@{corpus}")
+    train_metrics = _read_json(train / METRICS_FILE, f"train@{corpus}")
+    checkpoint = _read_json(train / BEST_DIR / CHECKPOINT_JSON, f"train@{corpus}")
     curves = read_curves(train / "dvclive" / "plots" / "metrics", f"train@{corpus}")
     return RunInputs(
         corpus=corpus,
@@ -146,7 +159,7 @@ def load_inputs(
         train_metrics=train_metrics,
         checkpoint=checkpoint,
         curves=curves,
-        eval_metrics=_read_json(evaluation / "metrics.json", f"evaluate@{corpus}"),
+        eval_metrics=_read_json(evaluation / METRICS_FILE, f"evaluate@{corpus}"),
         confusion_pairs=_read_confusion_pairs(evaluation / "confusion.csv", f"evaluate@{corpus}"),
     )
 
@@ -157,20 +170,23 @@ def load_inputs(
 
 @dataclass
 class Paragraph:
+    kind: ClassVar[str] = "paragraph"  # what the templates switch on
     text: str
     warning: bool = False
 
 
 @dataclass
 class Table:
+    kind: ClassVar[str] = "table"
     header: list[str]
     rows: list[list[str]]
     numeric: bool = True  # right-align cells after the first column
 
 
 @dataclass
-class Figure:
-    name: str  # file stem of the .svg beside report.md
+class Chart:
+    kind: ClassVar[str] = "chart"
+    name: str  # file stem of the .svg beside report.md, and the prefix of the ids inside the SVG
     caption: str
     svg: str
 
@@ -182,13 +198,13 @@ class Marker:
     x: float
     label: str
     colour: str
-    dash: str
+    dash: tuple[float, float]  # matplotlib's (on, off) dash pattern
 
 
 @dataclass
 class Section:
     title: str
-    blocks: list[Paragraph | Table | Figure] = field(default_factory=list)
+    blocks: list[Paragraph | Table | Chart] = field(default_factory=list)
 
 
 def _f4(value: Any) -> str:
@@ -303,7 +319,7 @@ def reason_rows(run: RunInputs) -> list[list[str]]:
 def reasons_section(run: RunInputs) -> Section:
     """Why utterances were dropped or are suspect, so a low score can be traced to bad inputs."""
     rows = reason_rows(run)
-    blocks: list[Paragraph | Table | Figure] = [Paragraph(
+    blocks: list[Paragraph | Table | Chart] = [Paragraph(
         "Excluded utterances are not in the manifest; flagged ones are kept but suspect. A store's "
         "missing utterances have no feature in that modality (the model sees them without it); "
         "its flagged ones have a feature that may be poor."
@@ -351,16 +367,17 @@ def curves_section(run: RunInputs) -> Section:
     oracle = run.train_metrics.get("test_best_epoch_oracle", {}).get("epoch")
     markers = []
     if isinstance(best, (int, float)):
-        markers.append(Marker(float(best), f"selected epoch {best} (dev)", "#000000", "6 3"))
+        markers.append(Marker(float(best), f"selected epoch {best} (dev)", "#000000", (6, 3)))
     if isinstance(oracle, (int, float)):
-        markers.append(Marker(float(oracle), f"test-oracle epoch {oracle} (not used)", "#888888", "2 3"))
+        markers.append(Marker(float(oracle), f"test-oracle epoch {oracle} (not used)", "#888888", (2, 3)))
     section = Section("Training curves", [Paragraph(
         "One point per epoch (dvclive). The dashed line is the epoch selected on dev, whose checkpoint "
         "is evaluated below; the dotted line is the best epoch on test, shown only for reference."
     )])
     for metric in sorted(run.curves, key=lambda m: _curve_order(m, run.curves[m])):
         series = run.curves[metric]
-        section.blocks.append(Figure(f"curve-{_slug(metric)}", metric, line_chart_svg(metric, series, markers)))
+        name = f"curve-{_slug(metric)}"
+        section.blocks.append(Chart(name, metric, curve_chart_svg(name, metric, series, markers)))
     return section
 
 
@@ -385,7 +402,8 @@ def confusion_section(run: RunInputs) -> Section:
     matrix = confusion_matrix(labels, run.confusion_pairs)
     return Section("Test confusion matrix", [
         Paragraph(f"{len(run.confusion_pairs)} test utterances; rows: actual class, columns: predicted class."),
-        Figure("confusion-test", "test confusion matrix (selected epoch)", confusion_svg(labels, matrix)),
+        Chart("confusion-test", "test confusion matrix (selected epoch)",
+              confusion_chart_svg("confusion-test", labels, matrix)),
     ])
 
 
@@ -438,219 +456,142 @@ def _slug(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# SVG figures
+# figures: matplotlib, rendered to SVG text that is the same bytes on every run
+
+# Every figure is drawn under matplotlib's defaults plus these (a user's matplotlibrc is ignored):
+# text stays <text> (small, searchable), a "$" in a label is a dollar sign, the font is the one
+# matplotlib ships, and the hashed ids of clip paths and markers come from a fixed salt.
+_RC: dict[str, Any] = {
+    "svg.fonttype": "none",
+    "svg.hashsalt": "mer-report",
+    "text.parse_math": False,
+    "font.family": "DejaVu Sans",
+    "font.size": 9,
+}
+# No date and no Dublin Core block at all (it would name the matplotlib version and web addresses).
+_SVG_METADATA = {"Date": None, "Creator": None, "Format": None, "Type": None}
 
 
-def _esc(text: Any) -> str:
-    return html.escape(str(text), quote=True)
+def _to_svg(fig: Figure, name: str, title: str) -> str:
+    """The figure as one <svg> element, its ids prefixed with `name`.
 
-
-def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
-    """Round tick values (1, 2 or 5 times a power of ten) covering [low, high]."""
-    if not high > low:
-        high = low + 1.0
-    raw = (high - low) / max(count, 1)
-    power = 10 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
-    first = math.floor(low / step) * step
-    ticks = []
-    value = first
-    while value <= high + step * 1e-9:
-        ticks.append(round(value, 12))
-        value += step
-    if ticks[-1] < high:
-        ticks.append(round(value, 12))
-    return ticks
-
-
-def _tick_label(value: float) -> str:
-    return f"{value:.4g}"
-
-
-def line_chart_svg(title: str, series: dict[str, list[tuple[float, float]]], markers: Sequence[Marker] = (),
-                   width: int = 420, height: int = 250) -> str:
-    """Lines of value against step, with axes, round ticks, vertical epoch markers and a legend."""
-    left, right, top, bottom = 58, 14, 26, 40
-    points = {name: [(x, y) for x, y in pts if math.isfinite(x) and math.isfinite(y)] for name, pts in series.items()}
-    xs = [x for pts in points.values() for x, _ in pts] + [m.x for m in markers]
-    ys = [y for pts in points.values() for _, y in pts]
-    x_ticks = nice_ticks(min(xs, default=0.0), max(xs, default=1.0))
-    y_ticks = nice_ticks(min(ys, default=0.0), max(ys, default=1.0))
-    legend = [(name, _series_colour(name, i), "") for i, name in enumerate(points)] + \
-        [(m.label, m.colour, m.dash) for m in markers]
-    slots = _legend_layout([label for label, _, _ in legend], left, width - right)
-    total_height = height + 16 * (1 + max((row for _, row in slots), default=-1))
-    plot_w, plot_h = width - left - right, height - top - bottom
-
-    def sx(x: float) -> float:
-        return left + (x - x_ticks[0]) / (x_ticks[-1] - x_ticks[0]) * plot_w
-
-    def sy(y: float) -> float:
-        return top + plot_h - (y - y_ticks[0]) / (y_ticks[-1] - y_ticks[0]) * plot_h
-
-    parts = [_svg_open(width, total_height, f"{title} per epoch"),
-             f'<text x="{width / 2:.1f}" y="16" text-anchor="middle" font-weight="bold">{_esc(title)}</text>',
-             f'<rect class="frame" x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999"/>']
-    for y in y_ticks:
-        parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" stroke="#eee"/>')
-        parts.append(f'<text x="{left - 4}" y="{sy(y) + 4:.1f}" text-anchor="end">{_esc(_tick_label(y))}</text>')
-    base = top + plot_h
-    for x in x_ticks:
-        parts.append(f'<line x1="{sx(x):.1f}" x2="{sx(x):.1f}" y1="{base}" y2="{base + 4}" stroke="#999"/>')
-        parts.append(f'<text x="{sx(x):.1f}" y="{base + 16}" text-anchor="middle">{_esc(_tick_label(x))}</text>')
-    parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{top + plot_h + 32}" text-anchor="middle">epoch (step)</text>')
-    for marker in markers:
-        parts.append(f'<line class="marker" x1="{sx(marker.x):.1f}" x2="{sx(marker.x):.1f}" y1="{top}" '
-                     f'y2="{top + plot_h}" stroke="{marker.colour}" stroke-dasharray="{marker.dash}"/>')
-    for i, (name, pts) in enumerate(points.items()):
-        colour = _series_colour(name, i)
-        coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
-        parts.append(f'<polyline points="{coords}" fill="none" stroke="{colour}" stroke-width="1.8">'
-                     f'<title>{_esc(name)}</title></polyline>')
-        if len(pts) == 1:  # a single epoch draws no line: show the point
-            parts.append(f'<circle cx="{sx(pts[0][0]):.1f}" cy="{sy(pts[0][1]):.1f}" r="3" fill="{colour}"/>')
-    for (label, colour, dash), (lx, row) in zip(legend, slots):
-        ly = height + 4 + 16 * row
-        dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
-        parts.append(f'<line x1="{lx:.1f}" x2="{lx + 18:.1f}" y1="{ly - 4}" y2="{ly - 4}" stroke="{colour}" '
-                     f'stroke-width="2"{dash_attr}/>')
-        parts.append(f'<text x="{lx + 22:.1f}" y="{ly}">{_esc(label)}</text>')
-    parts.append("</svg>")
-    return "\n".join(parts)
-
-
-def _legend_layout(labels: list[str], start: float, end: float) -> list[tuple[float, int]]:
-    """(x, row) of each legend entry: entries flow left to right and wrap before the right edge."""
-    slots, x, row = [], start, 0
-    for label in labels:
-        need = 22 + 6.5 * len(label) + 14  # sample line, text at ~6.5 px a character, gap
-        if x > start and x + need > end:
-            x, row = start, row + 1
-        slots.append((x, row))
-        x += need
-    return slots
+    matplotlib numbers its groups from 1 in every figure (`axes_1`, `line2d_1`, ...), so figures
+    inlined in one page would repeat ids; the prefix keeps every id on the page unique and every
+    `#id` reference pointing into its own figure.
+    """
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", metadata=_SVG_METADATA)
+    text = buffer.getvalue()
+    document = minidom.parseString(text[text.index("<svg"):])  # no XML prolog or DOCTYPE
+    root = document.documentElement
+    for element in root.getElementsByTagName("*"):
+        for attr in list(element.attributes.values()):
+            if attr.name == "id":
+                attr.value = f"{name}-{attr.value}"
+            elif attr.name in ("href", "xlink:href") and attr.value.startswith("#"):
+                attr.value = f"#{name}-{attr.value[1:]}"
+            else:
+                attr.value = attr.value.replace("url(#", f"url(#{name}-")
+    root.setAttribute("id", name)
+    root.setAttribute("role", "img")
+    heading = root.insertBefore(document.createElement("title"), root.firstChild)  # its accessible name
+    heading.appendChild(document.createTextNode(title))
+    return root.toxml()
 
 
 def _series_colour(name: str, i: int) -> str:
     return SERIES_COLOURS.get(name.split("/")[0], PALETTE[(i + 3) % len(PALETTE)])
 
 
-def _svg_open(width: int, height: int, label: str) -> str:
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}" role="img" aria-label="{_esc(label)}" '
-            'font-family="sans-serif" font-size="11">')
+def curve_chart_svg(name: str, title: str, series: dict[str, list[tuple[float, float]]],
+                    markers: Sequence[Marker] = ()) -> str:
+    """Value against epoch, one line (with a dot per epoch) per series, vertical epoch markers, a legend.
+
+    In the SVG each series is the group `<name>-series-<i>` and each marker `<name>-marker-<i>`, in
+    the order given; points that are not finite are left out.
+    """
+    with matplotlib.style.context(["default", _RC]):
+        fig = Figure(figsize=(5.8, 3.6), layout="constrained")
+        ax = fig.add_subplot()
+        for i, (label, points) in enumerate(series.items()):
+            finite = [(x, y) for x, y in points if math.isfinite(x) and math.isfinite(y)]
+            ax.plot([x for x, _ in finite], [y for _, y in finite], color=_series_colour(label, i), marker="o",
+                    markersize=3.5, linewidth=1.8, label=label, gid=f"series-{i}")
+        for i, marker in enumerate(markers):
+            ax.axvline(marker.x, color=marker.colour, linestyle=(0, marker.dash), linewidth=1.2,
+                       label=marker.label, gid=f"marker-{i}")
+        ax.set_title(title, fontweight="bold")
+        ax.set_xlabel("epoch (step)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, color="#eeeeee")
+        ax.set_axisbelow(True)
+        fig.legend(loc="outside lower center", ncols=2, frameon=False)
+        return _to_svg(fig, name, f"{title} per epoch")
 
 
-def confusion_svg(labels: list[str], matrix: list[list[int]]) -> str:
-    """A heatmap, one rect per (actual, predicted) cell, darker for more; counts written in the cells."""
+def confusion_chart_svg(name: str, labels: list[str], matrix: list[list[int]]) -> str:
+    """A heatmap, darker for more, with each count written in its cell; the diagonal is outlined.
+
+    In the SVG the count of (actual row r, predicted column c) is the text of group `<name>-count-r-c`,
+    and the class names are the groups `<name>-actual-r` and `<name>-predicted-c`.
+    """
     n = len(labels)
-    cell = 40 if n <= 10 else max(14, 400 // max(n, 1))
-    longest = max((len(label) for label in labels), default=1)
-    left, top = 30 + 7 * longest, 30
-    bottom = 24 + 6 * longest
-    width, height = left + n * cell + 12, top + n * cell + bottom
     peak = max((v for row in matrix for v in row), default=0) or 1
-    parts = [_svg_open(width, height, "confusion matrix"),
-             f'<text x="{left + n * cell / 2:.1f}" y="18" text-anchor="middle" font-weight="bold">'
-             "test: actual (rows) × predicted (columns)</text>"]
-    for r, actual in enumerate(labels):
-        for c, predicted in enumerate(labels):
-            value = matrix[r][c]
-            share = value / peak
-            x, y = left + c * cell, top + r * cell
-            edge = ' stroke="#333" stroke-width="1.5"' if r == c else ' stroke="#ccc"'
-            parts.append(f'<rect class="cell" x="{x}" y="{y}" width="{cell}" height="{cell}" '
-                         f'fill="{_blue(share)}"{edge}>'
-                         f"<title>{_esc(f'actual {actual}, predicted {predicted}: {value}')}</title></rect>")
-            ink = "#fff" if share > 0.55 else "#000"
-            parts.append(f'<text class="count" x="{x + cell / 2:.1f}" y="{y + cell / 2 + 4:.1f}" '
-                         f'text-anchor="middle" fill="{ink}">{value}</text>')
-        row_y = top + r * cell + cell / 2 + 4
-        parts.append(f'<text x="{left - 6}" y="{row_y:.1f}" text-anchor="end">{_esc(actual)}</text>')
-    for c, predicted in enumerate(labels):
-        x, y = left + c * cell + cell / 2, top + n * cell + 8
-        parts.append(f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="end" '
-                     f'transform="rotate(-45 {x:.1f} {y:.1f})">{_esc(predicted)}</text>')
-    parts.append(f'<text x="12" y="{top + n * cell / 2:.1f}" text-anchor="middle" '
-                 f'transform="rotate(-90 12 {top + n * cell / 2:.1f})">actual</text>')
-    parts.append(f'<text x="{left + n * cell / 2:.1f}" y="{height - 4}" text-anchor="middle">predicted</text>')
-    parts.append("</svg>")
-    return "\n".join(parts)
-
-
-def _blue(share: float) -> str:
-    """White at 0 to dark blue at 1."""
-    low, high = (255, 255, 255), (8, 81, 156)
-    r, g, b = (round(a + (z - a) * share) for a, z in zip(low, high))
-    return f"#{r:02x}{g:02x}{b:02x}"
+    blues = matplotlib.colormaps["Blues"]
+    side = 2.2 + 0.5 * n + 0.06 * max((len(label) for label in labels), default=0)
+    with matplotlib.style.context(["default", _RC]):
+        fig = Figure(figsize=(side, side), layout="constrained")
+        ax = fig.add_subplot()
+        for r in range(n):
+            for c in range(n):
+                share = matrix[r][c] / peak
+                ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, facecolor=blues(share),
+                                       edgecolor="#333333" if r == c else "#cccccc",
+                                       linewidth=1.5 if r == c else 0.5, zorder=1.5 if r == c else 1,
+                                       gid=f"cell-{r}-{c}"))
+                ax.text(c, r, str(matrix[r][c]), ha="center", va="center",
+                        color="white" if share > 0.55 else "black", gid=f"count-{r}-{c}")
+        ax.set_xlim(-0.5, max(n, 1) - 0.5)
+        ax.set_ylim(max(n, 1) - 0.5, -0.5)
+        ax.set_aspect("equal")
+        ax.set_xticks(range(n), labels, rotation=45, ha="right", rotation_mode="anchor")
+        ax.set_yticks(range(n), labels)
+        for axis, kind in ((ax.xaxis, "predicted"), (ax.yaxis, "actual")):
+            for i, tick in enumerate(axis.get_ticklabels()):
+                tick.set_gid(f"{kind}-{i}")
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("actual")
+        ax.set_title("test: actual (rows) × predicted (columns)", fontweight="bold")
+        return _to_svg(fig, name, "confusion matrix")
 
 
 # ---------------------------------------------------------------------------------------------
-# renderers
+# renderers: one jinja2 template per format, over the same sections
 
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 980px; color: #222; line-height: 1.4; }
-h1 { font-size: 1.6em; }
-h2 { font-size: 1.25em; border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 1.8em; }
-table { border-collapse: collapse; margin: .8em 0; font-size: .9em; }
-th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: left; vertical-align: top; }
-th { background: #f4f4f4; }
-table.numeric td + td { text-align: right; font-variant-numeric: tabular-nums; }
-p.warning { background: #fff3cd; border: 1px solid #e0c36a; padding: .4em .6em; }
-figure { display: inline-block; margin: .5em 1em .5em 0; vertical-align: top; }
-figcaption { font-size: .85em; color: #555; text-align: center; }
-footer { margin-top: 2em; font-size: .8em; color: #666; }
-""".strip()
+
+def _md_cell(text: Any) -> str:
+    return html.escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ")
+
+
+_TEMPLATES = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=select_autoescape(["html.j2"], default=False),  # report.md.j2 escapes with the md filter
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+)
+_TEMPLATES.filters.update(slug=_slug, md=_md_cell)
 
 
 def render_html(corpus: str, sections: list[Section], sources: list[str]) -> str:
     """One page, no external resource: CSS in <style>, figures as inline <svg>."""
-    body = [f"<h1>Run report: {_esc(corpus)}</h1>"]
-    for section in sections:
-        body.append(f'<section id="{_slug(section.title)}">\n<h2>{_esc(section.title)}</h2>')
-        body.extend(_html_block(block) for block in section.blocks)
-        body.append("</section>")
-    body.append("<footer>Generated by <code>mer report</code> from: "
-                + ", ".join(f"<code>{_esc(s)}</code>" for s in sources) + "</footer>")
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>Run report: {_esc(corpus)}</title>\n<style>\n{_CSS}\n</style>\n</head>\n<body>\n"
-            + "\n".join(body) + "\n</body>\n</html>\n")
-
-
-def _html_block(block: Paragraph | Table | Figure) -> str:
-    if isinstance(block, Paragraph):
-        return f'<p class="warning">Warning: {_esc(block.text)}</p>' if block.warning else f"<p>{_esc(block.text)}</p>"
-    if isinstance(block, Table):
-        head = "".join(f"<th>{_esc(h)}</th>" for h in block.header)
-        rows = "\n".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>" for row in block.rows)
-        css = ' class="numeric"' if block.numeric else ""
-        return f"<table{css}>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}\n</tbody>\n</table>"
-    return f"<figure>\n{block.svg}\n<figcaption>{_esc(block.caption)}</figcaption>\n</figure>"
-
-
-def _md_cell(text: str) -> str:
-    return html.escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ")
+    return _TEMPLATES.get_template("report.html.j2").render(corpus=corpus, sections=sections, sources=sources)
 
 
 def render_markdown(corpus: str, sections: list[Section], sources: list[str]) -> str:
     """The same sections as the HTML page; figures are the .svg files beside it."""
-    lines = [f"# Run report: {_md_cell(corpus)}", ""]
-    for section in sections:
-        lines += [f"## {_md_cell(section.title)}", ""]
-        for block in section.blocks:
-            lines += _md_block(block) + [""]
-    lines.append("Generated by `mer report` from: " + ", ".join(f"`{s}`" for s in sources))
-    return "\n".join(lines) + "\n"
-
-
-def _md_block(block: Paragraph | Table | Figure) -> list[str]:
-    if isinstance(block, Paragraph):
-        return [f"> **Warning:** {_md_cell(block.text)}" if block.warning else _md_cell(block.text)]
-    if isinstance(block, Table):
-        align = ["---"] + [("---:" if block.numeric else "---")] * (len(block.header) - 1)
-        return ["| " + " | ".join(map(_md_cell, block.header)) + " |", "| " + " | ".join(align) + " |",
-                *("| " + " | ".join(map(_md_cell, row)) + " |" for row in block.rows)]
-    return [f"![{_md_cell(block.caption)}]({block.name}.svg)"]
+    return _TEMPLATES.get_template("report.md.j2").render(corpus=corpus, sections=sections, sources=sources)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -665,10 +606,10 @@ def write_run_report(
     run = load_inputs(corpus, prepared, features, train, evaluation)
     sections = build_sections(run)
     sources = [str(p) for p in (prepared, features, train, evaluation)]
-    figures = [block for section in sections for block in section.blocks if isinstance(block, Figure)]
+    charts = [block for section in sections for block in section.blocks if isinstance(block, Chart)]
     with atomic_output_dir(out) as tmp:
         (tmp / HTML_FILE).write_text(render_html(corpus, sections, sources), encoding="utf-8")
         (tmp / MD_FILE).write_text(render_markdown(corpus, sections, sources), encoding="utf-8")
-        for figure in figures:
-            (tmp / f"{figure.name}.svg").write_text(figure.svg + "\n", encoding="utf-8")
+        for chart in charts:
+            (tmp / f"{chart.name}.svg").write_text(chart.svg + "\n", encoding="utf-8")
     return [out / HTML_FILE, out / MD_FILE]

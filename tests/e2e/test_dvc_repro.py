@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from tests.helpers import PROJECT_ROOT
+from tests.helpers.dvc_deps import dvc_stages, missing_code_deps, read_module_log, stages_using
 from tests.helpers.report_page import page_svgs, page_table, parse_page
 from pipeline.formats.feature_store import FeatureStoreReader
 from pipeline.formats.manifest import read_manifest
@@ -22,9 +23,10 @@ BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
 
-def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def run(args: list[str], cwd: Path, **extra_env: str) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
+        **extra_env,
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "GIT_AUTHOR_NAME": "ci", "GIT_AUTHOR_EMAIL": "ci@localhost",
         "GIT_COMMITTER_NAME": "ci", "GIT_COMMITTER_EMAIL": "ci@localhost",
@@ -50,8 +52,13 @@ def project(tmp_path_factory) -> Path:
     run(["git", "init", "-q"], dest)
     run(["git", "add", "-A"], dest)
     run(["git", "commit", "-qm", "clone"], dest)
-    run(["dvc", "repro"], dest)
+    # every `mer` command of the run logs the project modules it loaded (checked against dvc.yaml below)
+    run(["dvc", "repro"], dest, MER_MODULE_LOG=str(module_log(dest)))
     return dest
+
+
+def module_log(project: Path) -> Path:
+    return project.parent / "module-log.jsonl"  # beside the project, so neither git nor DVC sees it
 
 
 def test_dvc_repro_prepares_both_demo_layouts(project):
@@ -268,3 +275,64 @@ def test_changing_one_corpus_params_reruns_only_its_branch(project):
         assert all(f"extract@iemocap-{m}" in downstream for m in ("text", "audio", "face")), downstream
         assert "extract@meld" not in downstream
     assert "changed" not in run(["dvc", "status"], project).stdout
+
+
+# --- DVC code deps ----------------------------------------------------------------------------------
+
+
+def test_every_stage_depends_on_every_project_module_its_command_loaded(project):
+    """What each `mer` command really imported during `dvc repro` against its stage's deps in dvc.yaml."""
+    stages = dvc_stages(project)
+    assert len(stages) == 16
+    problems = missing_code_deps(stages, read_module_log(module_log(project)))
+    assert problems == {}, "stages missing code deps:\n" + "\n".join(f"  {s}: {', '.join(m)}" for s, m in problems.items())
+
+
+def test_the_deps_check_names_a_removed_dep(project, tmp_path):
+    """Remove one dep from a copy of dvc.yaml: the check names the stage and the module it no longer covers."""
+    copy = tmp_path / "project"
+    (copy / ".dvc").mkdir(parents=True)
+    (copy / ".dvc" / "config").write_text("[core]\n    no_scm = True\n")
+    shutil.copy2(project / "params.yaml", copy / "params.yaml")
+    dvc_yaml = (project / "dvc.yaml").read_text()
+    assert dvc_yaml.count("      - extractors/base.py\n") == 1
+    (copy / "dvc.yaml").write_text(dvc_yaml.replace("      - extractors/base.py\n", ""))
+    problems = missing_code_deps(dvc_stages(copy), read_module_log(module_log(project)))
+    extract_stages = {f"extract@{c}-{m}" for c in ("meld", "iemocap") for m in ("text", "audio", "face")}
+    assert set(problems) == extract_stages
+    assert all(problems[s] == ["extractors/base.py"] for s in extract_stages), problems
+
+
+# one module per layer, and the stages that must go stale when it changes (None: every stage)
+LAYER_PROBES = {
+    "pipeline/cli.py": None,
+    "pipeline/core/errors.py": None,
+    "pipeline/formats/feature_store.py": {
+        *(f"extract@{c}-{m}" for c in ("meld", "iemocap") for m in ("text", "audio", "face")),
+        "train@meld", "train@iemocap", "evaluate@meld", "evaluate@iemocap",
+    },
+    "pipeline/corpora/meld.py": {"prepare@meld"},
+    "pipeline/demo/media.py": {"demo_corpus"},
+    "extractors/audio.py": {"extract@meld-audio", "extract@iemocap-audio"},
+    "model/cmath.py": {"train@meld", "train@iemocap", "evaluate@meld", "evaluate@iemocap"},
+    "pipeline/training/loop.py": {"train@meld", "train@iemocap", "evaluate@meld", "evaluate@iemocap"},
+    "pipeline/stages/report.py": {"report@meld", "report@iemocap"},
+}
+
+
+def stale_stages(project: Path) -> set[str]:
+    return set(json.loads(run(["dvc", "status", "--json"], project).stdout))
+
+
+@pytest.mark.parametrize("module", sorted(LAYER_PROBES))
+def test_editing_a_module_marks_exactly_the_stages_that_load_it(project, module):
+    """An edit to a module leaves every stage whose command loads it stale in `dvc status`, and no other."""
+    stages, loaded = dvc_stages(project), read_module_log(module_log(project))
+    users = stages_using(module, stages, loaded)
+    expected = LAYER_PROBES[module]
+    assert users == (expected if expected is not None else {s.name for s in stages}), module
+    assert stale_stages(project) == set()
+    path = project / module
+    with tampered(path, path.read_bytes() + b"\n# edited by the test\n"):
+        assert stale_stages(project) == users, module
+    assert stale_stages(project) == set()

@@ -283,9 +283,15 @@ def test_broken_media_gives_a_missing_reason_not_an_exception(tmp_path: Path, ma
 def test_params_yaml_section_loads_and_bad_values_are_one_line_errors() -> None:
     config = load_section(PROJECT_ROOT / "params.yaml", "extract.audio", AudioConfig)
     assert config.pooling in ("mean", "mean_std") and config.window_s > 0
-    for bad, word in (({"layers": []}, "layers"), ({"layers": [-1, -1]}, "twice"), ({"pooling": "max"}, "pooling"),
-                      ({"window_s": 0}, "window_s")):  # fmt: skip
-        with pytest.raises(PipelineError, match=word):
+    for bad, message in (
+        ({"layers": []}, r"layers: must be a non-empty list"),
+        ({"layers": [-1, -1]}, r"layers: lists an index twice"),
+        ({"layers": [-1, "x"]}, r"layers\[1\]: must be an integer, got 'x'"),
+        ({"pooling": "max"}, r"pooling: must be one of 'mean', 'mean_std', got 'max'"),
+        ({"window_s": 0}, r"window_s: must be positive, got 0"),
+        ({"window_s": "long"}, r"window_s: must be a number, got 'long'"),
+    ):
+        with pytest.raises(PipelineError, match=r"^params\.yaml:extract\.audio\." + message):
             section_to_dataclass(AudioConfig, bad, "params.yaml:extract.audio")
 
 

@@ -12,6 +12,7 @@ import torch
 from extractors.base import Decoded
 from extractors.text import RobertaExtractor, TextConfig
 from pipeline.core.errors import PipelineError
+from pipeline.core.params import section_to_dataclass
 
 
 def make(model: Path, **overrides) -> RobertaExtractor:
@@ -143,8 +144,13 @@ def test_settings_the_model_cannot_honour_are_clear_errors(tiny_models, override
 
 
 def test_bad_config_values_are_rejected_at_the_edge() -> None:
-    with pytest.raises(ValueError, match="pooling"):
-        TextConfig(pooling="max")
+    for bad, message in (
+        ({"pooling": "max"}, r"extract\.text\.pooling: must be one of 'mean', 'cls', got 'max'"),
+        ({"layers": []}, r"extract\.text\.layers: must name at least one hidden layer"),
+        ({"context_window": -1}, r"extract\.text\.context_window: must be 0 or more, got -1"),
+    ):
+        with pytest.raises(PipelineError, match=message):
+            section_to_dataclass(TextConfig, bad, "params.yaml:extract.text")
 
 
 def test_a_tokenizer_from_another_model_is_refused(tiny_models, tmp_path: Path) -> None:

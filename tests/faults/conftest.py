@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.corpora import iemocap, meld
 from tests.helpers.faults import IEMOCAP_SUBSET, keep_meld_rows
 
 
@@ -35,8 +36,8 @@ from tests.helpers.faults import IEMOCAP_SUBSET, keep_meld_rows
 def meld_raw_full(demo_corpus, tmp_path: Path) -> Path:
     """A copy of the whole demo MELD.Raw (for faults that only need `prepare` or text extraction)."""
     root, _ = demo_corpus
-    raw = tmp_path / "MELD.Raw"
-    shutil.copytree(root / "MELD.Raw", raw)
+    raw = tmp_path / meld.RELEASE_DIR
+    shutil.copytree(root / meld.RELEASE_DIR, raw)
     return raw
 
 
@@ -51,9 +52,9 @@ def meld_raw(meld_raw_full: Path) -> Path:
 def iemocap_raw(demo_corpus, tmp_path: Path) -> Path:
     """A copy of the demo's IEMOCAP_full_release with one dialogue per session left (~55 turns)."""
     root, _ = demo_corpus
-    raw = tmp_path / "IEMOCAP_full_release"
-    shutil.copytree(root / "IEMOCAP_full_release", raw)
-    for label_file in raw.glob("Session*/dialog/EmoEvaluation/*.txt"):
+    raw = tmp_path / iemocap.RELEASE_DIR
+    shutil.copytree(root / iemocap.RELEASE_DIR, raw)
+    for label_file in raw.glob(f"Session*/{iemocap.LABEL_DIR}/*.txt"):
         if label_file.stem not in IEMOCAP_SUBSET:
             label_file.unlink()
     return raw

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.corpora.iemocap import LABEL_DIR, session_dir
+from pipeline.corpora.meld import CSV_FILES
 from tests.helpers.faults import (
     assert_accounted,
     assert_one_line_error,
@@ -44,7 +46,7 @@ def mer_prepare(corpus: str, raw: Path, tmp_path: Path, capsys) -> tuple[int, st
 
 def set_iemocap_label(raw: Path, dialogue: str, utterance_id: str, label: str) -> tuple[Path, int]:
     """Replace the summary label of one turn; returns the file and the (1-based) line changed."""
-    path = iemocap_file(raw, dialogue, "EmoEvaluation")
+    path = iemocap_file(raw, dialogue, LABEL_DIR)
     lines = path.read_text(encoding="utf-8").split("\n")
     (n,) = [i for i, line in enumerate(lines) if line.startswith("[") and f"\t{utterance_id}\t" in line]
     fields = lines[n].split("\t")
@@ -55,13 +57,13 @@ def set_iemocap_label(raw: Path, dialogue: str, utterance_id: str, label: str) -
 
 
 def test_missing_iemocap_session_folder(iemocap_raw, tmp_path, capsys) -> None:
-    shutil.rmtree(iemocap_raw / "Session3")
+    shutil.rmtree(session_dir(iemocap_raw, 3))
     code, err = mer_prepare("iemocap", iemocap_raw, tmp_path, capsys)
     assert_one_line_error(code, err, "prepare", str(iemocap_raw), "missing: Session3", "not an IEMOCAP release")
 
 
 def test_duplicate_meld_utterance_id(meld_raw_full, tmp_path) -> None:
-    path = meld_raw_full / "dev_sent_emo.csv"
+    path = meld_raw_full / CSV_FILES["dev"]
     header, rows = read_meld_csv(path)
     (original,) = [r for r in rows if (r["Dialogue_ID"], r["Utterance_ID"]) == ("2", "3")]
     repeat = {**original, "Sr No.": str(len(rows) + 1), "Utterance": "A second row with the same ids."}
@@ -76,7 +78,7 @@ def test_duplicate_meld_utterance_id(meld_raw_full, tmp_path) -> None:
 
 
 def test_meld_emotion_outside_the_label_set(meld_raw_full, tmp_path, capsys) -> None:
-    path = meld_raw_full / "train_sent_emo.csv"
+    path = meld_raw_full / CSV_FILES["train"]
     header, rows = read_meld_csv(path)
     rows[4]["Emotion"] = "boredom"
     write_meld_csv(path, header, rows)
@@ -103,7 +105,7 @@ def test_iemocap_category_outside_the_label_policy(iemocap_raw, tmp_path) -> Non
 
 
 def test_meld_csv_missing_column(meld_raw_full, tmp_path, capsys) -> None:
-    path = meld_raw_full / "dev_sent_emo.csv"
+    path = meld_raw_full / CSV_FILES["dev"]
     header, rows = read_meld_csv(path)
     header.remove("Emotion")
     write_meld_csv(path, header, [{k: v for k, v in r.items() if k != "Emotion"} for r in rows])

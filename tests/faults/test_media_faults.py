@@ -28,6 +28,7 @@ import soundfile
 import soxr
 import torch
 
+from pipeline.corpora import iemocap, meld
 from tests.helpers.faults import (
     assert_accounted,
     build,
@@ -91,7 +92,7 @@ def remux(src: Path, dst: Path, keep: set[str], garbage_video: bool = False) -> 
 def ten_minute_clip(demo_corpus, tmp_path_factory) -> Path:
     """A 10-minute MELD-like mp4 (H.264 + AAC): a demo frame with a face at 1 fps, a gated tone at 16 kHz."""
     root, _ = demo_corpus
-    with av.open(str(meld_clip(root / "MELD.Raw", "dev", 0, 0))) as clip:
+    with av.open(str(meld_clip(root / meld.RELEASE_DIR, "dev", 0, 0))) as clip:
         image = next(clip.decode(video=0)).to_ndarray(format="rgb24")
     path = tmp_path_factory.mktemp("long") / "ten_minutes.mp4"
     rate = 16_000
@@ -222,7 +223,7 @@ def run_iemocap_audio(raw: Path, tmp_path: Path, tiny_models, audio_extractor, d
     prepare("iemocap", raw, prepared)
     extract("audio", prepared, store, tiny_models, extractor=audio_extractor)
     acc = assert_accounted("iemocap", raw, prepared, store)
-    pristine = demo_corpus[0] / "IEMOCAP_full_release"
+    pristine = demo_corpus[0] / iemocap.RELEASE_DIR
     decoder = dataclasses.replace(audio_extractor.decoder(), raw_root=pristine)
     with torch.inference_mode():
         (reference,) = audio_extractor.encode([decoder(acc.rows[WAV_UID])])

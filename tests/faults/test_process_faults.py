@@ -26,8 +26,12 @@ import pytest
 import yaml
 
 from pipeline.core.errors import PipelineError
-from pipeline.formats.feature_store import FeatureStoreReader, _read_store_header
-from pipeline.formats.manifest import read_manifest
+from pipeline.corpora.meld import RELEASE_DIR as MELD_RELEASE_DIR
+from pipeline.formats.feature_store import (
+    AVAILABILITY_FILE, INDEX_FILE, REPORT_FILE, FeatureStoreReader, _read_store_header,
+)
+from pipeline.formats.manifest import MANIFEST_FILE, read_manifest
+from pipeline.formats.run_files import BEST_DIR, CHECKPOINT_JSON, LAST_DIR, METRICS_FILE, TRAIN_STATE
 
 pytestmark = pytest.mark.faults
 
@@ -105,8 +109,8 @@ def one_line_error(stderr: str) -> str:
 def assert_no_utterance_lost(store: Path, manifest_dir: Path) -> None:
     """Every manifest utterance is in index.json "utterances" or in report.json "missing" with a reason."""
     ids = [row["utterance_id"] for row in read_manifest(manifest_dir)]
-    stored = set(json.loads((store / "index.json").read_text())["utterances"])
-    report = json.loads((store / "report.json").read_text())
+    stored = set(json.loads((store / INDEX_FILE).read_text())["utterances"])
+    report = json.loads((store / REPORT_FILE).read_text())
     missing = {m["utterance_id"]: m["reason"] for m in report["missing"]}
     assert stored | set(missing) == set(ids), "an utterance is neither stored nor reported missing"
     assert not stored & set(missing) and all(missing.values())
@@ -117,7 +121,7 @@ def assert_unfinished_but_sound(store: Path, clean: dict[str, bytes]) -> None:
     """Not readable as a finished store, and every shard present is one the clean run wrote, byte for byte."""
     with pytest.raises(PipelineError, match="not a finished feature store"):
         FeatureStoreReader(store)
-    for name in ("index.json", "report.json", "availability.safetensors"):
+    for name in (INDEX_FILE, REPORT_FILE, AVAILABILITY_FILE):
         assert not (store / name).exists(), name
     for name in shard_files(store):
         assert _read_store_header(store / name) is not None, f"{name} does not open as a shard"
@@ -247,8 +251,8 @@ def test_extract_on_a_full_disk_fails_in_one_line_and_leaves_nothing_readable(
     if fails_at == "first_shard":
         limit, failed_file = len(clean_store["shard-00000.safetensors"]) - 1, "shard-00000.safetensors"
     else:  # every shard fits, the first file finalize publishes does not
-        limit, failed_file = max(shard_sizes), "availability.safetensors"
-        assert len(clean_store["availability.safetensors"]) > limit
+        limit, failed_file = max(shard_sizes), AVAILABILITY_FILE
+        assert len(clean_store[AVAILABILITY_FILE]) > limit
     out = tmp_path / "store"
     args = extract_args(meld, out, text_params)
     result = run_mer(*args, preexec_fn=file_size_limit(limit))
@@ -270,7 +274,7 @@ def test_extract_on_a_full_disk_fails_in_one_line_and_leaves_nothing_readable(
 def test_prepare_on_a_full_disk_fails_in_one_line_and_publishes_nothing(demo_corpus, meld, tmp_path):
     root, _ = demo_corpus
     out = tmp_path / "prepared" / "meld"
-    args = ["prepare", "--corpus", "meld", "--root", str(root / "MELD.Raw"), "--out", str(out)]
+    args = ["prepare", "--corpus", "meld", "--root", str(root / MELD_RELEASE_DIR), "--out", str(out)]
     result = run_mer(*args, preexec_fn=file_size_limit(2048))
 
     assert result.returncode == 2, (result.returncode, result.stderr)
@@ -281,7 +285,7 @@ def test_prepare_on_a_full_disk_fails_in_one_line_and_publishes_nothing(demo_cor
 
     rerun = run_mer(*args)
     assert rerun.returncode == 0, rerun.stderr
-    assert (out / "manifest.parquet").read_bytes() == (meld / "manifest.parquet").read_bytes()
+    assert (out / MANIFEST_FILE).read_bytes() == (meld / MANIFEST_FILE).read_bytes()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -380,13 +384,14 @@ def straight_run(train_inputs, tmp_path_factory) -> Path:
     return out
 
 
+# the run's files by path, ours (pipeline.training.checkpoint, METRICS_FILE) beside accelerate's and dvclive's
 COMPARED = ("best/model.safetensors", "best/checkpoint.json", "last/model.safetensors", "last/optimizer.bin",
             "last/scheduler.bin", "last/trainer_state.json", "metrics.json", "dvclive/metrics.json")  # fmt: skip
 
 
 def epochs_done(out: Path) -> int:
     try:
-        return json.loads((out / "last" / "trainer_state.json").read_text())["epochs_done"]
+        return json.loads((out / LAST_DIR / TRAIN_STATE).read_text())["epochs_done"]
     except (FileNotFoundError, ValueError):  # not written yet, or `last` is being replaced right now
         return 0
 
@@ -400,11 +405,11 @@ def assert_resumed_to_the_straight_run(out: Path, straight: Path, inputs: dict[s
     assert ran == list(range(after + 1, TRAIN_EPOCHS + 1)), result.stdout  # not from epoch 1
     for name in COMPARED:
         assert (out / name).read_bytes() == (straight / name).read_bytes(), name
-    history = json.loads((out / "last" / "trainer_state.json").read_text())["history"]
+    history = json.loads((out / LAST_DIR / TRAIN_STATE).read_text())["history"]
     assert [h["epoch"] for h in history] == list(range(1, TRAIN_EPOCHS + 1))
     # every dev and test utterance is scored
     rows = read_manifest(inputs["prepared"])
-    record = json.loads((out / "best" / "checkpoint.json").read_text())
+    record = json.loads((out / BEST_DIR / CHECKPOINT_JSON).read_text())
     for split in ("dev", "test"):
         assert record[split]["counts"]["utterances"] == sum(r["split"] == split for r in rows), split
 
@@ -421,8 +426,8 @@ def test_train_killed_with_sigkill_resumes_from_the_last_epoch_to_the_straight_r
     finally:
         kill_all(process)
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    assert not (out / "metrics.json").exists()
-    done = epochs_done(out) or json.loads((out / ".last.old" / "trainer_state.json").read_text())["epochs_done"]
+    assert not (out / METRICS_FILE).exists()
+    done = epochs_done(out) or json.loads((out / ".last.old" / TRAIN_STATE).read_text())["epochs_done"]
     assert 1 <= done < TRAIN_EPOCHS
     assert_resumed_to_the_straight_run(out, straight_run, train_inputs, after=done)
 
@@ -450,7 +455,7 @@ def test_train_killed_while_replacing_its_last_state_resumes_from_the_previous_o
         capture_output=True, text=True, env=ENV, timeout=TIMEOUT_S,
     )
     assert result.returncode == -signal.SIGKILL, result.stderr
-    assert not (out / "last").exists() and (out / ".last.old" / "trainer_state.json").is_file()
-    assert json.loads((out / ".last.old" / "trainer_state.json").read_text())["epochs_done"] == 1
+    assert not (out / LAST_DIR).exists() and (out / ".last.old" / TRAIN_STATE).is_file()
+    assert json.loads((out / ".last.old" / TRAIN_STATE).read_text())["epochs_done"] == 1
     assert_resumed_to_the_straight_run(out, straight_run, train_inputs, after=1)
     assert not (out / ".last.old").exists()

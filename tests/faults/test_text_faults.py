@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.corpora.iemocap import TRANSCRIPT_DIR
+from pipeline.corpora.meld import CSV_FILES
 from pipeline.formats.manifest import read_manifest
 
 from tests.helpers.faults import (
@@ -44,7 +46,7 @@ def text_extractor(tiny_models, one_torch_thread):
 
 
 def set_meld_text(raw: Path, split: str, dialogue: int, utterance: int, text: str) -> None:
-    path = raw / f"{split}_sent_emo.csv"
+    path = raw / CSV_FILES[split]
     header, rows = read_meld_csv(path)
     (row,) = [r for r in rows if (r["Dialogue_ID"], r["Utterance_ID"]) == (str(dialogue), str(utterance))]
     row["Utterance"] = text
@@ -68,7 +70,7 @@ def test_empty_meld_utterance(meld_raw_full, tmp_path, tiny_models, text_extract
 
 
 def test_empty_iemocap_transcript_line(iemocap_raw, tmp_path, tiny_models, text_extractor) -> None:
-    path = iemocap_file(iemocap_raw, "Ses01F_impro02", "transcriptions")
+    path = iemocap_file(iemocap_raw, "Ses01F_impro02", TRANSCRIPT_DIR)
     lines = path.read_text(encoding="utf-8").splitlines()
     (n,) = [i for i, line in enumerate(lines) if line.startswith("Ses01F_impro02_F001 ")]
     lines[n] = lines[n].split("]:", 1)[0] + "]:"  # keep id and times, no words
@@ -80,7 +82,7 @@ def test_empty_iemocap_transcript_line(iemocap_raw, tmp_path, tiny_models, text_
 
 
 def test_invalid_utf8_byte_in_meld_csv(meld_raw_full, tmp_path, prepared_demo) -> None:
-    path = meld_raw_full / "dev_sent_emo.csv"
+    path = meld_raw_full / CSV_FILES["dev"]
     lines = path.read_bytes().split(b"\n")
     header = lines[0].decode().split(",")
     n = next(i for i, line in enumerate(lines) if line.split(b",")[5:7] == [b"0", b"4"])  # dev dia0 utt4
@@ -104,7 +106,7 @@ def test_invalid_utf8_byte_in_meld_csv(meld_raw_full, tmp_path, prepared_demo) -
 
 
 def test_invalid_utf8_byte_in_iemocap_transcript(iemocap_raw, tmp_path, capsys) -> None:
-    path = iemocap_file(iemocap_raw, "Ses02M_script01_2", "transcriptions")
+    path = iemocap_file(iemocap_raw, "Ses02M_script01_2", TRANSCRIPT_DIR)
     lines = path.read_bytes().split(b"\n")
     lines[2] = lines[2].replace(b"e", b"\xe9", 1)
     path.write_bytes(b"\n".join(lines))

@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import re
-import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,11 +15,15 @@ from typing import Any
 import pytest
 
 from pipeline.core.params import load_params
-from pipeline.formats.manifest import read_manifest
+from pipeline.corpora.iemocap import LABEL_DIR, WAV_DIR, session_dir
+from pipeline.corpora.meld import CLIP_FOLDERS, CSV_FILES
+from pipeline.formats.manifest import SUMMARY_FILE, read_manifest
+from pipeline.formats.stage_report import REPORT_FILE
 from tests.helpers import PROJECT_ROOT
 
-MELD_CSVS = {"train": "train_sent_emo.csv", "dev": "dev_sent_emo.csv", "test": "test_sent_emo.csv"}
-MELD_CLIP_FOLDERS = {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}
+# The raw file names come from the readers: this suite tests what the stages do with broken input,
+# not the layout (tests/pipeline/corpora and the demo corpus, an independent writer, pin that down).
+# What the raw files hold is still read here without the readers (`meld_raw_ids`, `iemocap_raw_ids`).
 # one dialogue per session: Session1 has transcript junk lines and an xxx turn relabelled hap,
 # Session2's is a dev dialogue, Session5's is test
 IEMOCAP_SUBSET = ("Ses01F_impro02", "Ses02M_script01_2", "Ses03M_impro05a", "Ses04M_impro03", "Ses05F_impro03")
@@ -46,23 +49,23 @@ def write_meld_csv(path: Path, header: list[str], rows: list[dict[str, str]]) ->
 
 def keep_meld_rows(raw: Path, keep) -> None:
     """Drop the CSV rows for which keep(split, row) is false (their clips stay, as unlabelled clips)."""
-    for split, name in MELD_CSVS.items():
+    for split, name in CSV_FILES.items():
         header, rows = read_meld_csv(raw / name)
         write_meld_csv(raw / name, header, [r for r in rows if keep(split, r)])
 
 
 def meld_clip(raw: Path, split: str, dialogue: int, utterance: int) -> Path:
-    return raw / MELD_CLIP_FOLDERS[split] / f"dia{dialogue}_utt{utterance}.mp4"
+    return raw / CLIP_FOLDERS[split] / f"dia{dialogue}_utt{utterance}.mp4"
 
 
 def iemocap_wav(raw: Path, utterance_id: str) -> Path:
     dialogue = utterance_id.rsplit("_", 1)[0]
-    return raw / f"Session{int(utterance_id[3:5])}" / "sentences" / "wav" / dialogue / f"{utterance_id}.wav"
+    return session_dir(raw, int(utterance_id[3:5])) / WAV_DIR / dialogue / f"{utterance_id}.wav"
 
 
-def iemocap_file(raw: Path, dialogue: str, kind: str) -> Path:
-    """kind: "EmoEvaluation" or "transcriptions"."""
-    return raw / f"Session{int(dialogue[3:5])}" / "dialog" / kind / f"{dialogue}.txt"
+def iemocap_file(raw: Path, dialogue: str, folder: str) -> Path:
+    """folder: pipeline.corpora.iemocap's LABEL_DIR or TRANSCRIPT_DIR."""
+    return session_dir(raw, int(dialogue[3:5])) / folder / f"{dialogue}.txt"
 
 
 # --- what the raw input holds, read without the readers ------------------------------------------------
@@ -71,7 +74,7 @@ def iemocap_file(raw: Path, dialogue: str, kind: str) -> Path:
 def meld_raw_ids(raw: Path) -> list[str]:
     """One id per CSV row, as the manifest spells it; a repeated (Dialogue_ID, Utterance_ID) repeats."""
     ids = []
-    for split, name in MELD_CSVS.items():
+    for split, name in CSV_FILES.items():
         text = (raw / name).read_bytes().decode("utf-8", errors="replace")
         for row in csv.DictReader(io.StringIO(text, newline="")):
             ids.append(f"{split}_dia{int(row['Dialogue_ID'])}_utt{int(row['Utterance_ID'])}")
@@ -81,7 +84,7 @@ def meld_raw_ids(raw: Path) -> list[str]:
 def iemocap_raw_ids(raw: Path) -> list[str]:
     """One id per summary line of the top-level EmoEvaluation files."""
     ids = []
-    for path in sorted(raw.glob("Session*/dialog/EmoEvaluation/*.txt")):
+    for path in sorted(raw.glob(f"Session*/{LABEL_DIR}/*.txt")):
         for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
             if match := _SUMMARY_LINE.match(line.strip()):
                 ids.append(match[1])
@@ -167,7 +170,7 @@ class Accounted:
 def assert_accounted(corpus: str, raw: Path, prepared: Path, store: Path | None = None) -> Accounted:
     """No utterance silently disappears between the raw files, the manifest and the feature store."""
     seen = raw_ids(corpus, raw)
-    summary = json.loads((prepared / "summary.json").read_text(encoding="utf-8"))
+    summary = json.loads((prepared / SUMMARY_FILE).read_text(encoding="utf-8"))
     manifest = read_manifest(prepared)
     manifest_ids = [r["utterance_id"] for r in manifest]
     excluded = summary["excluded"]
@@ -185,8 +188,10 @@ def assert_accounted(corpus: str, raw: Path, prepared: Path, store: Path | None 
     result = Accounted(summary, {r["utterance_id"]: r for r in manifest}, excluded)
     if store is None:
         return result
-    index = json.loads((store / "index.json").read_text(encoding="utf-8"))
-    report = json.loads((store / "report.json").read_text(encoding="utf-8"))
+    from pipeline.formats.feature_store import INDEX_FILE
+
+    index = json.loads((store / INDEX_FILE).read_text(encoding="utf-8"))
+    report = json.loads((store / REPORT_FILE).read_text(encoding="utf-8"))
     stored = set(index["utterances"])
     missing = {m["utterance_id"]: m["reason"] for m in report["missing"]}
     assert len(missing) == len(report["missing"]), "an utterance is listed twice as missing"

@@ -14,6 +14,9 @@ import av
 import numpy as np
 import soundfile as sf
 
+# The release's names and formats are stated here on purpose, NOT imported from pipeline.corpora.iemocap
+# (RELEASE_DIR, LABEL_DIR, ...): this tree is what the reader's tests read, so it must be an independent
+# statement of the raw format, or a wrong name in the reader would agree with itself.
 RELEASE_DIR = "IEMOCAP_full_release"
 HEADER = "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]"
 

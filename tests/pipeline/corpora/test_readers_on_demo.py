@@ -80,3 +80,21 @@ def test_iemocap_dialogue_order_follows_time_not_emoevaluation_order(iemocap):
         ordered = sorted(utts, key=lambda u: u.turn_index)
         assert [u.start_s for u in ordered] == sorted(u.start_s for u in ordered)
         assert len({u.speaker for u in ordered}) == 2  # both actors speak, interleaved
+
+
+def test_the_independent_statements_of_the_raw_layout_agree_with_the_readers():
+    """The demo writer and the reader tests' IEMOCAP tree state the release's names themselves instead of
+    importing them from the readers (so that a wrong name in either one fails); compared here one by one,
+    a disagreement names itself instead of showing up as files the reader cannot find."""
+    from pipeline.corpora import iemocap, meld
+    from pipeline.demo import iemocap_layout, meld_layout
+    from tests.helpers import iemocap_tree
+
+    assert meld_layout.ROOT == meld.RELEASE_DIR
+    assert meld_layout.CSV_NAMES == meld.CSV_FILES
+    assert meld_layout.CLIP_FOLDERS == meld.CLIP_FOLDERS
+    assert list(meld_layout.HEADER) == meld.COLUMNS
+    assert list(meld_layout.EMOTIONS) == meld.EMOTIONS
+    assert iemocap_layout.ROOT == iemocap_tree.RELEASE_DIR == iemocap.RELEASE_DIR
+    assert len(iemocap_layout.DEV_DIALOGUES) == 12 and frozenset(iemocap_layout.DEV_DIALOGUES) == iemocap.DEV_DIALOGUES
+    assert iemocap_layout.VIDEO_HALF == iemocap.SPEAKER_FRAME_SIDE

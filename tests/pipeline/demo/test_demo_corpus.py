@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from pipeline.demo import DemoConfig, generate_demo_corpus
+from pipeline.demo.corpus import DemoConfig, generate_demo_corpus
 from pipeline.demo.signals import PROTOTYPES
 
 pytestmark = pytest.mark.slow
@@ -110,7 +110,7 @@ def test_same_seed_gives_identical_files_and_other_seed_differs(demo, tmp_path):
 
 
 def test_a_failure_leaves_an_existing_corpus_and_no_temporary_folder(tmp_path, monkeypatch):
-    import pipeline.demo
+    import pipeline.demo.corpus
 
     out = tmp_path / "corpus"
     out.mkdir()
@@ -120,7 +120,7 @@ def test_a_failure_leaves_an_existing_corpus_and_no_temporary_folder(tmp_path, m
         (staging / "IEMOCAP_full_release").mkdir()
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(pipeline.demo, "write_iemocap", broken)
+    monkeypatch.setattr(pipeline.demo.corpus, "write_iemocap", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         generate_demo_corpus(out, DemoConfig())
     assert [p.name for p in tmp_path.iterdir()] == ["corpus"]

@@ -20,11 +20,12 @@ import numpy as np
 import pytest
 import torch
 
+import pipeline.stages.import_features as importer
 from pipeline.cli import main
 from pipeline.core.errors import PipelineError
-from pipeline.formats.feature_store import FeatureStoreReader
+from pipeline.formats.feature_store import FeatureStoreReader, FeatureStoreWriter
 from pipeline.stages.import_features import LABEL_NAMES, LAYOUTS, Layout, carve_dev, import_features
-from pipeline.formats.manifest import manifest_metadata, read_manifest
+from pipeline.formats.manifest import MANIFEST_FILE, SUMMARY_FILE, manifest_metadata, read_manifest
 
 DIMS = {"text": 6, "audio": 5, "visual": 3}
 LAYOUT = {layout.name: layout for layout in LAYOUTS}
@@ -190,10 +191,10 @@ def test_round_trip_keeps_every_value_label_speaker_text_and_split(tmp_path, nam
     assert store_meta["extractor"] == f"import:{layout.format}" and store_meta["model_id"] == path.name
     assert store_meta["model_sha256"] == sha and store_meta["dtype"] == "float32"
     assert store_meta["manifest_sha256"] == hashlib.sha256(
-        (out / "prepared" / layout.corpus / "manifest.parquet").read_bytes()
+        (out / "prepared" / layout.corpus / MANIFEST_FILE).read_bytes()
     ).hexdigest()
     assert store_meta["params"]["layout"] == name
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp folder left
+    assert not _hidden_entries(out)  # no temp folder left
 
 
 def test_iemocap_fixture_is_a_python2_pickle_that_needs_latin1(tmp_path):
@@ -432,7 +433,7 @@ def test_reimport_replaces_an_earlier_import_but_never_prepare_output(tmp_path, 
     assert "audio [5] from videoAudio: stored train" in report
     assert not (out / "features/meld/face").exists()  # the earlier import was replaced whole
     assert manifest_metadata(out / "prepared/meld")["raw_root"] == str(no_visual.resolve())
-    assert sorted(p.name for p in out.iterdir()) == ["features", "prepared"]
+    assert sorted(p.name for p in out.iterdir()) == ["features", "prepared"] and not _hidden_entries(out)
 
     (out / "prepared/iemocap").mkdir(parents=True)  # e.g. made by `mer prepare`
     (out / "prepared/iemocap/summary.json").write_text("{}")
@@ -441,3 +442,59 @@ def test_reimport_replaces_an_earlier_import_but_never_prepare_output(tmp_path, 
     err = _error(capsys, argv)
     assert "not the output of `mer import-features`" in err
     assert (out / "prepared/iemocap/summary.json").read_text() == "{}"
+
+
+def _hidden_entries(out: Path) -> list[str]:
+    """Temporary or set-aside folders left in out/, out/prepared/ or out/features/."""
+    return sorted(str(p) for folder in (out, out / "prepared", out / "features") if folder.is_dir()
+                  for p in folder.iterdir() if p.name.startswith("."))
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("when", ["between two stores", "after the stores"])
+def test_a_failed_import_publishes_nothing_and_keeps_the_earlier_one(tmp_path, monkeypatch, when):
+    out = tmp_path / "out"
+    import_features(_fixture("dialoguernn-meld-10", tmp_path / "a.pkl"), "dialoguernn", "meld", out)
+    before = _files(out)
+    if when == "between two stores":  # the text store is finished, the audio one is not
+        finalize, calls = FeatureStoreWriter.finalize, []
+
+        def fail_second(writer):
+            calls.append(writer)
+            if len(calls) == 2:
+                raise RuntimeError("killed mid-import")
+            return finalize(writer)
+
+        monkeypatch.setattr(FeatureStoreWriter, "finalize", fail_second)
+    else:  # every store is written, summary.json is not
+
+        def fail(*args, **kwargs):
+            raise RuntimeError("killed mid-import")
+
+        monkeypatch.setattr(importer, "write_summary_and_report", fail)
+    with pytest.raises(RuntimeError, match="killed mid-import"):
+        import_features(_fixture("dialoguernn-meld-9", tmp_path / "b.pkl"), "dialoguernn", "meld", out)
+    assert _files(out) == before
+    assert not _hidden_entries(out)
+
+
+def test_a_prepare_output_that_appears_during_the_import_is_never_replaced(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    write_summary_and_report = importer.write_summary_and_report
+
+    def prepare_meanwhile(folder, *args, **kwargs):
+        write_summary_and_report(folder, *args, **kwargs)
+        (out / "prepared/meld").mkdir(parents=True)  # `mer prepare --out out/prepared/meld` finished meanwhile
+        (out / "prepared/meld" / SUMMARY_FILE).write_text("{}")
+
+    monkeypatch.setattr(importer, "write_summary_and_report", prepare_meanwhile)
+    path = _fixture("dialoguernn-meld-10", tmp_path / "a.pkl")
+    argv = ["import-features", str(path), "--format", "dialoguernn", "--corpus", "meld", "--out", str(out)]
+    err = _error(capsys, argv)
+    assert "not the output of `mer import-features`" in err
+    # nothing of the import was published, not even features/meld (renamed first when all goes well)
+    assert _files(out) == {f"prepared/meld/{SUMMARY_FILE}": b"{}"}
+    assert not _hidden_entries(out) and not (out / "features/meld").exists()

@@ -15,25 +15,26 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 
+import matplotlib
 import pytest
-import torch
 
 from pipeline.stages.train import TrainConfig, train
 from pipeline.cli import main
 from pipeline.formats.manifest import SUMMARY_FILE, CorpusReadResult, Exclusion, Utterance, build_summary, read_manifest
 from pipeline.stages.report import (
+    Marker,
     RunInputs,
     StoreInputs,
-    confusion_svg,
-    line_chart_svg,
-    nice_ticks,
+    confusion_chart_svg,
+    curve_chart_svg,
     reason_rows,
     write_run_report,
 )
-from tests.helpers.report_page import page_svgs, page_table, parse_page
+from tests.helpers.report_page import PageParser, page_svgs, page_table, parse_page
 from tests.helpers.train_corpus import DIMS, LABELS, make_corpus
 
 SVG = "{http://www.w3.org/2000/svg}"
+XLINK_HREF = "{http://www.w3.org/1999/xlink}href"
 CONFIG = {
     "seed": 0, "epochs": 2, "lr": 0.003, "batch_size": 2, "patience": 0, "mixed_precision": "no",
     "model": {"hidden_size": 16, "num_layers": 1, "num_heads": 2},
@@ -80,33 +81,93 @@ def report(run, tmp_path_factory) -> Path:
     return out
 
 
+def _external_references(html_text: str) -> list[str]:
+    """Whatever in the page could load something from outside it; `#id` links to the page's own ids
+    (matplotlib's clip paths and reused markers) are fine, and must resolve."""
+    parser = parse_page(html_text)
+    ids = [value for _, name, value in parser.attrs if name == "id"]
+    found = [f"duplicate id {i}" for i, n in Counter(ids).items() if n > 1]
+    tags = {tag for tag, _, _ in parser.attrs} | {t.lower() for t in re.findall(r"<([A-Za-z]+)", html_text)}
+    found += [f"<{tag}>" for tag in sorted(tags & {"img", "image", "script", "link", "iframe", "object", "embed",
+                                                    "foreignobject", "audio", "video", "source"})]
+    for tag, name, value in parser.attrs:
+        if name in ("src", "href", "xlink:href", "srcset", "data", "action", "poster", "background"):
+            if not (value or "").startswith("#") or value[1:] not in ids:
+                found.append(f"<{tag} {name}={value!r}>")
+        elif value and re.search(r"(?i)\b(https?|file|data|ftp):", value):
+            if not (tag == "svg" and (name == "xmlns" or name.startswith("xmlns:"))):  # namespace names
+                found.append(f"<{tag} {name}={value!r}>")
+    for target in re.findall(r"url\(\s*['\"]?([^)'\"]*)", html_text):
+        if not target.startswith("#") or target[1:] not in ids:
+            found.append(f"url({target})")
+    return found + (["@import"] if "@import" in html_text else [])
+
+
 def test_report_files_and_self_contained_html(report):
     html_text = (report / "report.html").read_text(encoding="utf-8")
     assert (report / "report.md").is_file()
-    parser = parse_page(html_text)
-    tags = {tag for tag, _, _ in parser.attrs} | set(re.findall(r"<([a-z]+)", html_text))
-    assert not tags & {"img", "script", "link", "iframe", "object", "embed"}
-    for tag, name, value in parser.attrs:
-        assert name not in ("src", "href", "xlink:href"), (tag, name, value)
-        if value and ("http:" in value or "https:" in value or "file:" in value):
-            assert (tag, name) == ("svg", "xmlns"), (tag, name, value)  # a namespace name, not a resource
-    assert "url(" not in html_text and "@import" not in html_text
+    assert _external_references(html_text) == []
+    assert "xlink:href=\"#" in html_text and "url(#" in html_text  # the references checked above exist
+
+
+@pytest.mark.parametrize("snippet", [
+    '<svg xmlns="http://www.w3.org/2000/svg"><use xlink:href="other.svg#a"/></svg>',
+    '<svg xmlns="http://www.w3.org/2000/svg"><use xlink:href="#nowhere"/></svg>',
+    '<p><a href="https://example.org/">x</a></p>',
+    '<svg xmlns="http://www.w3.org/2000/svg"><image href="file:///tmp/x.png"/></svg>',
+    '<p style="background: url(pic.png)">x</p>',
+    '<svg xmlns="http://www.w3.org/2000/svg" id="a"><g id="a"></g></svg>',
+    '<svg xmlns="http://www.w3.org/2000/svg"><path d="M0 0" style="fill: url(http://x/#p)"/></svg>',
+])
+def test_self_containment_check_catches_external_references(snippet):
+    assert _external_references(f"<html><body>{snippet}</body></html>")
+
+
+def _group(svg: ET.Element, gid: str) -> ET.Element | None:
+    return svg.find(f".//{SVG}g[@id='{svg.get('id')}-{gid}']")
+
+
+def _series(svg: ET.Element) -> list[ET.Element]:
+    """A curve chart's series groups, in drawing order."""
+    groups = []
+    while (group := _group(svg, f"series-{len(groups)}")) is not None:
+        groups.append(group)
+    return groups
+
+
+def _texts(svg: ET.Element) -> list[str]:
+    return [t.text for t in svg.iter(f"{SVG}text")]
+
+
+def _references_resolve_inside(svg: ET.Element) -> bool:
+    ids = {e.get("id") for e in svg.iter()}
+    refs = [e.get(XLINK_HREF) for e in svg.iter() if e.get(XLINK_HREF)]
+    refs += [m for e in svg.iter() for v in e.attrib.values() for m in re.findall(r"url\((#[^)]*)\)", v)]
+    return bool(refs) and all(ref.startswith("#") and ref[1:] in ids for ref in refs)
 
 
 def test_svgs_parse_and_draw(run, report):
     html_text = (report / "report.html").read_text(encoding="utf-8")
     svgs = page_svgs(html_text)
-    curves = {p.stem for p in (run["train"] / "dvclive/plots/metrics").rglob("*.tsv")}
-    charts = [s for s in svgs if s.findall(f".//{SVG}polyline")]
-    assert len(charts) == len(curves) and len(svgs) == len(curves) + 1
+    tsvs = list((run["train"] / "dvclive/plots/metrics").rglob("*.tsv"))
+    series_per_metric = Counter(p.stem for p in tsvs)
+    charts = {s.get("id"): s for s in svgs if s.get("id", "").startswith("curve-")}
+    assert set(charts) == {f"curve-{metric}" for metric in series_per_metric} and len(svgs) == len(charts) + 1
     epochs = json.loads((run["train"] / "metrics.json").read_text())["epochs_run"]
-    for chart in charts:
-        for line in chart.findall(f".//{SVG}polyline"):
-            assert len(line.get("points").split()) == epochs
-        assert chart.findall(f".//{SVG}line[@class='marker']"), "the selected epoch is marked"
-    confusion = [s for s in svgs if s.findall(f".//{SVG}rect[@class='cell']")]
-    assert len(confusion) == 1
-    assert len(confusion[0].findall(f".//{SVG}rect[@class='cell']")) == len(LABELS) ** 2
+    for metric, count in series_per_metric.items():
+        chart = charts[f"curve-{metric}"]
+        assert chart.find(f"{SVG}title").text == f"{metric} per epoch"
+        lines = _series(chart)
+        assert len(lines) == count, metric  # one line per dvclive file of this metric
+        for line in lines:
+            assert len(line.findall(f".//{SVG}use")) == epochs  # one dot per epoch
+        assert _group(chart, "marker-0") is not None, "the selected epoch is marked"
+        assert metric in _texts(chart) and "epoch (step)" in _texts(chart)  # text stays text
+        assert _references_resolve_inside(chart)
+    assert {"dev", "test"} <= set(_texts(charts["curve-weighted_f1"]))  # the legend names the series
+    (confusion,) = [s for s in svgs if s.get("id") == "confusion-test"]
+    assert len(_confusion_cells(svgs)) == len(LABELS) ** 2
+    assert _references_resolve_inside(confusion)
 
 
 def test_numbers_equal_the_source_files(run, report):
@@ -178,14 +239,15 @@ def _table_rows(parser: PageParser, first_header: str) -> list[dict[str, str]]:
 
 def _confusion_cells(svgs: list[ET.Element]) -> dict[tuple[str, str], int]:
     """(actual, predicted) -> the count written in that cell, read from the heatmap's text."""
-    (svg,) = [s for s in svgs if s.findall(f".//{SVG}rect[@class='cell']")]
+    (svg,) = [s for s in svgs if s.get("id") == "confusion-test"]
+    prefix = "confusion-test-count-"
     cells = {}
-    rects = svg.findall(f".//{SVG}rect[@class='cell']")
-    counts = svg.findall(f".//{SVG}text[@class='count']")
-    for rect, count in zip(rects, counts, strict=True):
-        match = re.fullmatch(r"actual (.+), predicted (.+): (\d+)", rect.find(f"{SVG}title").text)
-        assert match and match.group(3) == count.text
-        cells[(match.group(1), match.group(2))] = int(count.text)
+    for group in svg.iter(f"{SVG}g"):
+        if group.get("id", "").startswith(prefix):
+            r, c = group.get("id").removeprefix(prefix).split("-")
+            actual = _group(svg, f"actual-{r}").find(f"{SVG}text").text
+            predicted = _group(svg, f"predicted-{c}").find(f"{SVG}text").text
+            cells[(actual, predicted)] = int(group.find(f"{SVG}text").text)
     return cells
 
 
@@ -195,10 +257,12 @@ def test_markdown_has_the_same_tables_and_existing_svgs(run, report):
     parser = parse_page(html_text)
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert images and len(images) == len(page_svgs(html_text))
+    inline = re.findall(r"<svg\b.*?</svg>", html_text, flags=re.S)
     for name in images:
         assert name.endswith(".svg") and "/" not in name
         root = ET.parse(report / name).getroot()
-        assert root.tag == f"{SVG}svg" and (root.findall(f".//{SVG}polyline") or root.findall(f".//{SVG}rect"))
+        assert root.tag == f"{SVG}svg" and root.get("id") == name.removesuffix(".svg")
+        assert (report / name).read_text(encoding="utf-8").strip() in inline  # the very figure on the page
     for rows in parser.tables:
         for row in rows:
             assert "| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" in md, row
@@ -240,16 +304,53 @@ def test_example_ids_are_capped():
     assert row[3] == "12" and row[4] == "u0, u1, u2, u3, u4 … and 7 more"
 
 
+def test_curve_chart_draws_one_line_per_series_and_the_markers():
+    series = {"dev": [(1.0, 0.2), (2.0, 0.4), (3.0, 0.3)], "test": [(1.0, 0.1), (2.0, 0.2), (3.0, 0.5)]}
+    markers = [Marker(2.0, "selected", "#000000", (6, 3)), Marker(3.0, "oracle", "#888888", (2, 3))]
+    svg = ET.fromstring(curve_chart_svg("curve-f1", "f1", series, markers))
+    assert svg.get("id") == "curve-f1" and svg.find(f"{SVG}title").text == "f1 per epoch"
+    lines = _series(svg)
+    assert len(lines) == 2 and all(len(line.findall(f".//{SVG}use")) == 3 for line in lines)
+    assert _group(svg, "marker-0") is not None and _group(svg, "marker-1") is not None
+    assert {"f1", "dev", "test", "selected", "oracle"} <= set(_texts(svg))
+    assert _references_resolve_inside(svg)
+
+
 def test_charts_survive_degenerate_data():
-    """One epoch, a flat curve, a NaN, and a label that needs escaping still give valid, drawn SVG."""
-    svg = line_chart_svg("a<b & c", {"dev": [(1.0, 0.5)], "test": [(1.0, 0.5), (2.0, float("nan"))]})
-    root = ET.fromstring(svg)
-    assert root.findall(f".//{SVG}circle") and root.findall(f".//{SVG}polyline")
-    assert "a&lt;b &amp; c" in svg
-    root = ET.fromstring(confusion_svg(["x<y", "z"], [[0, 0], [0, 0]]))
-    assert len(root.findall(f".//{SVG}rect[@class='cell']")) == 4
-    assert nice_ticks(0.0, 1.0) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
-    assert nice_ticks(3.0, 3.0)[0] <= 3.0 <= nice_ticks(3.0, 3.0)[-1]
+    """One epoch, a NaN, and labels that need escaping (or look like TeX) still give valid, drawn SVG."""
+    text = curve_chart_svg("c", "a<b & $c$", {"dev": [(1.0, 0.5)], "test": [(1.0, 0.5), (2.0, float("nan"))]})
+    svg = ET.fromstring(text)
+    assert [len(line.findall(f".//{SVG}use")) for line in _series(svg)] == [1, 1]  # the NaN is left out
+    assert "a<b & $c$" in _texts(svg) and "a&lt;b &amp; $c$" in text  # escaped, and not parsed as math
+    svg = ET.fromstring(confusion_chart_svg("confusion-test", ["x<y", "z"], [[0, 0], [0, 0]]))
+    assert _confusion_cells([svg]) == {(a, p): 0 for a in ("x<y", "z") for p in ("x<y", "z")}
+    assert ET.fromstring(confusion_chart_svg("empty", [], [])).get("id") == "empty"
+
+
+def test_confusion_chart_writes_each_count_in_its_cell():
+    labels = ["a", "b", "c"]
+    matrix = [[5, 1, 0], [2, 7, 0], [0, 3, 4]]
+    svg = ET.fromstring(confusion_chart_svg("confusion-test", labels, matrix))
+    cells = _confusion_cells([svg])
+    assert cells == {(a, p): matrix[r][c] for r, a in enumerate(labels) for c, p in enumerate(labels)}
+    assert "predicted" in _texts(svg) and "actual" in _texts(svg)
+
+
+def test_rerun_gives_the_same_bytes(run, report, tmp_path):
+    """Same inputs, same files: no date, no random ids, and no dependence on the caller's matplotlib settings."""
+    args = (run["prepared"], run["features"], run["train"], run["eval"])
+    write_run_report("meld", *args, tmp_path / "again")
+    with matplotlib.rc_context({"svg.hashsalt": None, "svg.fonttype": "path", "font.size": 20,
+                                "lines.linewidth": 5, "axes.prop_cycle": matplotlib.cycler(color=["k"])}):
+        write_run_report("meld", *args, tmp_path / "restyled")
+    files = sorted(p.name for p in report.iterdir())
+    assert "report.html" in files and "report.md" in files and "confusion-test.svg" in files
+    for again in (tmp_path / "again", tmp_path / "restyled"):
+        assert sorted(p.name for p in again.iterdir()) == files
+        for name in files:
+            assert (again / name).read_bytes() == (report / name).read_bytes(), name
+    page = (report / "report.html").read_text(encoding="utf-8")
+    assert "<metadata" not in page and matplotlib.__version__ not in page  # no date, no generator stamp
 
 
 def test_outputs_of_different_runs_are_called_out(run, tmp_path):

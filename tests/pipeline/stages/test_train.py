@@ -140,10 +140,10 @@ def test_corpus_overrides_merge_model_key_by_key_and_unknown_keys_are_named(tmp_
     iemocap = load_train_config(params, "iemocap")
     assert iemocap.lr == 0.002 and iemocap.model == {"hidden_size": 64, "dropout": 0.2}
     params.write_text(yaml.safe_dump({"train": {"iemocap": {"learning_rate": 0.1}}}))
-    with pytest.raises(PipelineError, match=r"train\.iemocap: unknown key\(s\) \['learning_rate'\]"):
+    with pytest.raises(PipelineError, match=r"train\.iemocap\.learning_rate: unknown key; known keys: .*\blr\b"):
         load_train_config(params, "iemocap")
     params.write_text(yaml.safe_dump({"train": {"model": {"num_classes": 3}}}))
-    with pytest.raises(PipelineError, match="comes from the data"):
+    with pytest.raises(PipelineError, match=r"train\.model\.num_classes: comes from the data"):
         load_train_config(params, "meld")
 
 
