@@ -27,7 +27,7 @@ def _cmd_demo_corpus(args: argparse.Namespace) -> None:
     where = f"{args.params}:demo" if args.params else "demo"
     sources = {"seed": "--seed"} if args.seed is not None else None
     config = section_to_dataclass(DemoConfig, values, where, sources=sources)
-    truth = generate_demo_corpus(Path(args.out), config)
+    truth = generate_demo_corpus(Path(args.out), config, params_file=args.params)
     counts = truth.get("counts", {})
     print(f"demo corpus written to {args.out}: {counts}")
 
@@ -53,6 +53,7 @@ def _cmd_extract(args: argparse.Namespace) -> None:
         raw_root=Path(args.root) if args.root else None,
         where=f"{args.params}:extract" if args.params else "extract",
         wait_s=args.wait,
+        params_file=args.params,
     )
     print(describe(report, Path(args.out)))
 
@@ -86,7 +87,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
                                       sources={"seed": "--seed"})
     if args.seeds < 1:
         raise PipelineError(f"--seeds must be at least 1, got {args.seeds}")
-    kwargs = {"fresh": args.fresh, "cpu": args.cpu, "feature_shuffle": args.feature_shuffle}
+    kwargs = {"fresh": args.fresh, "cpu": args.cpu, "feature_shuffle": args.feature_shuffle, "params_file": args.params}
     if args.seeds == 1:
         train(args.corpus, Path(args.prepared), Path(args.features), Path(args.out), config, **kwargs)
         return
@@ -109,7 +110,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
     config = load_section(args.params, "evaluate", EvaluateConfig) if args.params else EvaluateConfig()
     results = evaluate_checkpoint(
-        Path(args.checkpoint), Path(args.prepared), Path(args.features), Path(args.out), config, cpu=args.cpu
+        Path(args.checkpoint), Path(args.prepared), Path(args.features), Path(args.out), config, cpu=args.cpu,
+        params_file=args.params,
     )
     if PartialState().is_main_process:
         print(describe(results))
@@ -117,12 +119,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_lineage(args: argparse.Namespace) -> int:
-    from pipeline.stages.lineage import describe, trace, write_json
+    from pipeline.stages.lineage import check_json_target, describe, trace, write_json
 
-    lineage = trace([Path(p) for p in args.paths] or None, project=Path(args.project))
+    paths = [Path(p) for p in args.paths]
+    if args.json:  # before the trace: a --json that is an input, a folder or another file is refused at once
+        check_json_target(Path(args.json), [Path(args.project) / p for p in paths])  # PATHs are read from --project
+    lineage = trace(paths or None, project=Path(args.project))
     print(describe(lineage))
     if args.json:
-        write_json(lineage, Path(args.json))
+        write_json(lineage, Path(args.json), project=Path(args.project))
     return 1 if lineage.broken else 0
 
 

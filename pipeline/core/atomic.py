@@ -2,7 +2,9 @@
 
 Everything is written next to its final place under a temporary name and renamed at the end,
 so a crash, a kill or a bad input never leaves a half-written file that a later stage could
-read as valid.
+read as valid. A folder is replaced only when it is a `mer` stage's own output (its marker file names
+the stage, see `pipeline.core.outputs`), so an `--out` pointing at anything else is refused, never
+deleted.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import errno
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.outputs import MARKER_FILE, check_output, marker_bytes
 
 # errors that mean "out of room", not a bug: the device is full, a quota or a file-size limit is reached
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
@@ -85,23 +88,42 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output_dir(path: Path) -> Iterator[Path]:
+def atomic_output_dir(path: Path, stage: str, *, legacy: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Yield a fresh temporary folder that replaces `path` only if the block succeeds.
 
-    On any exception the temporary folder is removed and an existing `path` is left untouched.
+    `stage` is the `mer` subcommand writing it: its marker (`pipeline.core.outputs`) is written into
+    the temporary folder at the end of the block, so it appears with the folder. `path` is checked
+    before (`check_output`, without the inputs, which the stage checked itself) and again just before
+    the rename: only an absent or empty folder or an earlier output of the same stage is replaced
+    (`legacy`: see `check_output`). On any exception the temporary folder is removed and an existing
+    `path` is left untouched.
     """
     path = Path(path)
+    check_output(path, stage, legacy=legacy)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, _default_mode(is_dir=True))
     try:
         yield tmp
+        (tmp / MARKER_FILE).write_bytes(marker_bytes(stage))
+        check_output(path, stage, legacy=legacy)  # nothing else appeared there meanwhile
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if _no_space(exc):
             raise OutputWriteError(path, exc) from exc
         raise
     replace_dir(tmp, path)
+
+
+def write_marker(folder: Path, stage: str) -> None:
+    """Mark `folder` (which exists) as `mer STAGE`'s output, for stages that write in place; an
+    identical marker is left as it is (its modification time too)."""
+    path = Path(folder) / MARKER_FILE
+    data = marker_bytes(stage)
+    with contextlib.suppress(OSError):
+        if path.read_bytes() == data:
+            return
+    atomic_write_bytes(path, data)
 
 
 def _replaced(final: Path) -> Path:

@@ -37,8 +37,10 @@ from transformers import (  # noqa: E402
     Wav2Vec2Model,
 )
 
-from pipeline.core.atomic import atomic_output_dir, atomic_write_bytes  # noqa: E402
+from pipeline.core.atomic import atomic_output_dir, atomic_write_bytes, write_marker  # noqa: E402
+from pipeline.core.outputs import check_output  # noqa: E402
 
+STAGE = "tiny-models"  # the `mer` subcommand, named by the outputs' markers
 ROBERTA_DIR = "roberta-tiny"
 WAV2VEC2_DIR = "wav2vec2-tiny"
 FACENET_FILE = "facenet-random.safetensors"
@@ -194,7 +196,7 @@ def build_tiny_roberta(out_dir: Path, seed: int = 0) -> Path:
     tokenizer = train_roberta_tokenizer()
     config = RobertaConfig(vocab_size=len(tokenizer), **ROBERTA_CONFIG)
     model = _seeded(seed, lambda: RobertaModel(config))
-    with atomic_output_dir(Path(out_dir)) as tmp:
+    with atomic_output_dir(Path(out_dir), STAGE) as tmp:
         tokenizer.save_pretrained(tmp)
         model.save_pretrained(tmp)
     return Path(out_dir)
@@ -204,7 +206,7 @@ def build_tiny_wav2vec2(out_dir: Path, seed: int = 0) -> Path:
     """Write a tiny random wav2vec2 and its feature extractor, loadable like a downloaded checkpoint."""
     config = Wav2Vec2Config(**WAV2VEC2_CONFIG)
     model = _seeded(seed, lambda: Wav2Vec2Model(config))
-    with atomic_output_dir(Path(out_dir)) as tmp:
+    with atomic_output_dir(Path(out_dir), STAGE) as tmp:
         Wav2Vec2FeatureExtractor(**WAV2VEC2_FEATURE_EXTRACTOR).save_pretrained(tmp)
         model.save_pretrained(tmp)
     return Path(out_dir)
@@ -224,8 +226,14 @@ def build_random_facenet(out_path: Path, seed: int = 0) -> Path:
 
 
 def build_all(out_dir: Path, seed: int = 0) -> dict[str, Path]:
-    """Build the three stand-ins under `out_dir`; each appears whole or not at all."""
+    """Build the three stand-ins under `out_dir`; each appears whole or not at all.
+
+    `out_dir` must be absent, empty or an earlier output of this stage (`pipeline.core.outputs`);
+    its marker is written first, then each model folder (marked too) or file is put in place."""
     out_dir = Path(out_dir)
+    check_output(out_dir, STAGE, option="OUT")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_marker(out_dir, STAGE)
     return {
         "text": build_tiny_roberta(out_dir / ROBERTA_DIR, seed),
         "audio": build_tiny_wav2vec2(out_dir / WAV2VEC2_DIR, seed),

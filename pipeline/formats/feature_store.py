@@ -10,6 +10,7 @@ One folder per (corpus, modality), e.g. ``data/features/meld/audio/``::
     report.json               counts, and every utterance that is missing or flagged, with its reason
     index.json                written last: the store is finished only when it exists
     .lock                     empty; flock()ed by the writer for its whole lifetime, never data
+    .mer-output.json          the stage that writes the store (`pipeline.core.outputs`), written first
 
 Shard plan: the caller gives the utterance ids in manifest order and a shard size S; shard k holds
 ``ids[k*S:(k+1)*S]``. ``plan_sha256`` is the sha256 of the compact sorted-key JSON
@@ -74,8 +75,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_save
 
-from pipeline.core.atomic import atomic_write_bytes
+from pipeline.core.atomic import atomic_write_bytes, write_marker
 from pipeline.core.errors import PipelineError
+from pipeline.core.outputs import MARKER_FILE, check_output
 from pipeline.core.fingerprint import sha256_file
 from pipeline.formats.stage_report import REPORT_FILE, stage_counts
 
@@ -89,6 +91,11 @@ LOCK_FILE = ".lock"
 # the finished-store files, in the order finalize() publishes them (index.json last)
 _PUBLISHED = (AVAILABILITY_FILE, REPORT_FILE, INDEX_FILE)
 _SHARD_NAME = re.compile(r"^shard-\d+\.safetensors$")
+# every name a writer leaves in a store folder (temporary files: `.<name>.<random>.tmp`)
+_STORE_ENTRY = re.compile(
+    r"^\.?(shard-\d+\.safetensors|index\.json|report\.json|availability\.safetensors)(\..+\.tmp)?$"
+    r"|^\.lock$|^" + re.escape(MARKER_FILE) + r"(\..+\.tmp)?$"
+)
 _DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
 _SAFETENSORS_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}
 _LOCK_POLL_S = 0.05
@@ -118,6 +125,16 @@ class Availability:
 
 def shard_name(k: int) -> str:
     return f"shard-{k:05d}.safetensors"
+
+
+def is_store_folder(folder: Path | str) -> bool:
+    """True if every entry of the non-empty `folder` is a file a store writer makes: a store written
+    before stores carried a marker (`pipeline.core.outputs`), which its writer may resume."""
+    try:
+        names = [entry.name for entry in os.scandir(folder)]
+    except OSError:
+        return False
+    return bool(names) and all(_STORE_ENTRY.match(name) for name in names)
 
 
 def plan_sha256(utterance_ids: Sequence[str], shard_size: int) -> str:
@@ -206,8 +223,10 @@ class FeatureStoreWriter:
         shard_size: int,
         dtype: torch.dtype = torch.float16,
         wait_s: float = 0.0,
+        stage: str = "extract",
     ) -> None:
         self.folder = Path(folder)
+        self.stage = stage  # the `mer` stage named by the folder's marker
         self._ids = _checked_ids(utterance_ids)
         if shard_size < 1:
             raise PipelineError(f"{self.folder}: shard_size must be at least 1, got {shard_size}")
@@ -238,8 +257,15 @@ class FeatureStoreWriter:
             ) from None
 
     def __enter__(self) -> FeatureStoreWriter:
+        # only an absent or empty folder, or a store of this stage, is written into (resumed)
+        check_output(self.folder, self.stage, legacy=is_store_folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock.acquire(self.wait_s)
+        try:
+            write_marker(self.folder, self.stage)
+        except BaseException:
+            self._lock.release()
+            raise
         return self
 
     def __exit__(

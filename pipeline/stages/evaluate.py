@@ -28,6 +28,7 @@ from typing import Any, Literal
 from model.batch import IGNORE_LABEL
 from pipeline.core.atomic import atomic_output_dir
 from pipeline.core.errors import PipelineError
+from pipeline.core.outputs import check_output
 from pipeline.core.params import ParamError
 from pipeline.formats.stage_report import REPORT_FILE
 from pipeline.training.checkpoint import load_feature_stats, load_model
@@ -103,11 +104,16 @@ class EvaluateConfig:
 
 def evaluate_checkpoint(
     checkpoint: Path | str, prepared: Path | str, features: Path | str, out: Path | str,
-    config: EvaluateConfig | None = None, cpu: bool = False,
+    config: EvaluateConfig | None = None, cpu: bool = False, params_file: Path | None = None,
 ) -> dict[str, Any]:
-    """Evaluate `checkpoint` on the configured splits; writes the files listed in the module docstring."""
+    """Evaluate `checkpoint` on the configured splits; writes the files listed in the module docstring.
+
+    `out` must not overlap an input (the checkpoint, the manifest folder, the stores, `params_file`)
+    and must be absent, empty or an earlier evaluation (`pipeline.core.outputs`): checked first."""
     config = config or EvaluateConfig()
     checkpoint, out = Path(checkpoint), Path(out)
+    check_output(out, "evaluate", [("--checkpoint", checkpoint), ("--prepared", Path(prepared)),
+                                   ("--features", Path(features)), ("--params", params_file)])
     model, record = load_model(checkpoint)
     data = load_corpus(
         prepared, features, record["modalities"], speaker_map=SpeakerMap.from_dict(record["speaker_map"]),
@@ -142,7 +148,7 @@ def evaluate_checkpoint(
         files[f"predictions{suffix}.csv"] = predictions_csv(predictions, label_names)
         files[f"confusion{suffix}.csv"] = confusion_csv(predictions, label_names)
     if accelerator.is_main_process:
-        with atomic_output_dir(out) as tmp:
+        with atomic_output_dir(out, "evaluate") as tmp:
             # not key-sorted: per-class entries stay in label-index order
             (tmp / METRICS_FILE).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
             report = data.stage_report("evaluate", config.splits, scored=scored)

@@ -33,7 +33,8 @@ from extractors.base import (
 )
 from pipeline.core.params import check_value, reported_at, section_to_dataclass
 from pipeline.core.errors import PipelineError
-from pipeline.formats.feature_store import FeatureStoreWriter, StoreMetadata
+from pipeline.core.outputs import check_output
+from pipeline.formats.feature_store import FeatureStoreWriter, StoreMetadata, is_store_folder
 from pipeline.core.fingerprint import sha256_file
 from pipeline.formats.manifest import MANIFEST_FILE, manifest_metadata, read_manifest
 from pipeline.core.progress import progress
@@ -98,15 +99,20 @@ def extract_features(
     where: str = "extract",
     wait_s: float = 0.0,
     extractor: Extractor | None = None,
+    params_file: Path | None = None,
 ) -> dict[str, Any]:
     """Fill (or finish) the feature store at `out_dir` for every utterance of the manifest.
 
     `section` is the modality's params section (`extract.<modality>`); `raw_root` defaults to the
     raw folder recorded in the manifest. `extractor`, if given, is used instead of building one
-    from `section` (its model stays loaded across calls). Returns the store's report.
+    from `section` (its model stays loaded across calls). `params_file`, the file `section` came
+    from, is one more input `out_dir` must not overlap. Returns the store's report.
     """
     if extractor is None:
-        extractor_config(modality, section, f"{where}.{modality}")  # a bad section fails before any file is read
+        # a bad section fails before any file is read
+        _, config = extractor_config(modality, section, f"{where}.{modality}")
+    else:
+        config = extractor.config
     manifest_path = Path(manifest_dir) / MANIFEST_FILE
     if not manifest_path.is_file():
         raise PipelineError(f"{manifest_path}: manifest not found (run `mer prepare` for this corpus first)")
@@ -116,6 +122,10 @@ def extract_features(
         raise PipelineError(
             f"{root}: the raw corpus folder of {manifest_path} does not exist (pass --root to say where it is now)"
         )
+    inputs = [("--manifest", Path(manifest_dir)), ("--root" if raw_root is not None else "the manifest's raw root", root),
+              *_config_paths(config, f"{where}.{modality}"), ("--params", params_file)]
+    # before the model is loaded: an --out that is an input, a file or another folder is refused at once
+    check_output(out_dir, "extract", inputs, legacy=is_store_folder)
     rows = read_manifest(manifest_path)
     if extractor is None:
         extractor = build_extractor(modality, section, root, f"{where}.{modality}")
@@ -142,6 +152,15 @@ def extract_features(
         for k, features, flags in _run_shards(extractor, shard_rows, f"{metadata.corpus} {modality}"):
             writer.write_shard(k, features, flags)
         return writer.finalize()
+
+
+def _config_paths(config: ExtractorConfig, where: str) -> list[tuple[str, Path]]:
+    """The config's values that name an existing local file or folder (the model, its weights): inputs."""
+    found = []
+    for name, value in vars(config).items():
+        if isinstance(value, str) and value and os.path.lexists(value):
+            found.append((f"{where}.{name}", Path(value)))
+    return found
 
 
 def _run_shards(

@@ -120,8 +120,10 @@ Everything is written to temporary folders beside its targets first (``pipeline.
 ``atomic_output_dir``: ``DIR/features/.<corpus>.*.tmp`` and ``DIR/prepared/.<corpus>.*.tmp``); only
 when all of it is written are ``features/<corpus>`` and then ``prepared/<corpus>`` renamed into place
 (replacing an earlier import as a whole), so a failed import leaves the previous one untouched.
-Folders there that ``mer prepare`` or ``mer extract`` made are never replaced: the import refuses
-instead, checked before anything is written and again just before the renames.
+Each carries the marker of ``pipeline.core.outputs`` (stage ``import-features``; every store in
+``features/<corpus>`` too). Folders there that ``mer prepare`` or ``mer extract`` or no ``mer`` stage
+made, or that hold the pickle, are never replaced: the import refuses instead, checked before
+anything is written and again just before the renames.
 """
 
 from __future__ import annotations
@@ -139,6 +141,7 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.core.atomic import atomic_output_dir
+from pipeline.core.outputs import check_output
 from pipeline.core.errors import PipelineError, one_line
 from pipeline.core.fingerprint import Fingerprint, sha256_file
 from pipeline.core.params import MODALITIES
@@ -155,6 +158,7 @@ from pipeline.formats.manifest import (
     write_summary_and_report,
 )
 
+STAGE = "import-features"  # the `mer` subcommand, named by the outputs' markers
 FORMATS = ("dialoguernn", "sdt")
 CORPORA = ("iemocap", "meld")
 TEXT_LAYER_MODES = ("mean", "concat", "last")
@@ -593,28 +597,32 @@ def _stored_value(
 # ----------------------------------------------------------------------------- writing
 
 
-def _check_replaceable(prepared: Path, features: Path) -> None:
-    """Refuse to replace folders that `mer prepare` or `mer extract` made."""
-    if prepared.exists():
-        manifest = prepared / MANIFEST_FILE
-        policy = manifest_metadata(manifest).get("label_policy", "") if manifest.is_file() else ""
-        if not policy.startswith("imported-"):
-            raise PipelineError(
-                f"{prepared}: exists and is not the output of `mer import-features`; choose another --out"
-            )
-    if features.exists():
-        from pipeline.formats.feature_store import INDEX_FILE  # torch: loaded only when there is a store to check
+def _check_replaceable(prepared: Path, features: Path, pickle_path: Path) -> None:
+    """Refuse to replace folders that another stage (`mer prepare`, `mer extract`) or no `mer` stage
+    made, or that hold the pickle (`pipeline.core.outputs`); an earlier import is replaced."""
+    for folder, legacy in ((prepared, _imported_manifest), (features, _imported_stores)):
+        check_output(folder, STAGE, [("PICKLE", pickle_path)], subject="this output of --out", legacy=legacy)
 
-        for child in sorted(features.iterdir()):
-            index = child / INDEX_FILE
-            extractor = ""
-            if index.is_file():
-                store = json.loads(index.read_text(encoding="utf-8")).get("store", {})
-                extractor = str(store.get("extractor", ""))
-            if not extractor.startswith("import:"):
-                raise PipelineError(
-                    f"{child}: exists and is not a store written by `mer import-features`; choose another --out"
-                )
+
+def _imported_manifest(prepared: Path) -> bool:
+    """An import written before outputs carried a marker: its manifest's label policy says so."""
+    manifest = prepared / MANIFEST_FILE
+    return manifest.is_file() and manifest_metadata(manifest).get("label_policy", "").startswith("imported-")
+
+
+def _imported_stores(features: Path) -> bool:
+    """Stores imported before outputs carried a marker: every entry is a store of `import:<format>`."""
+    from pipeline.formats.feature_store import INDEX_FILE  # torch: loaded only when there is a store to check
+
+    for child in sorted(features.iterdir()):
+        index = child / INDEX_FILE
+        extractor = ""
+        if index.is_file():
+            store = json.loads(index.read_text(encoding="utf-8")).get("store", {})
+            extractor = str(store.get("extractor", ""))
+        if not extractor.startswith("import:"):
+            return False
+    return True
 
 
 def _write_stores(
@@ -642,7 +650,7 @@ def _write_stores(
         )
         folder = features / modality
         torch_dtype = torch.float32 if dtype == "float32" else torch.float16
-        with FeatureStoreWriter(folder, metadata, ids, SHARD_SIZE, torch_dtype) as writer:
+        with FeatureStoreWriter(folder, metadata, ids, SHARD_SIZE, torch_dtype, stage=STAGE) as writer:
             for k in writer.pending_shards():
                 shard = writer.shard_ids(k)
                 tensors = {u: torch.from_numpy(values[u]) for u in shard if not isinstance(values[u], str)}
@@ -680,9 +688,11 @@ def import_features(
         raise PipelineError(f"--text-layers applies to --format sdt only (a {fmt} pickle has one text vector)")
     if not pickle_path.is_file():
         raise PipelineError(f"{pickle_path}: feature pickle does not exist")
+    # a folder (or none yet) that gets prepared/ and features/; those two get the full check
+    check_output(out_dir, STAGE, [("PICKLE", pickle_path)], container=True)
     prepared_final = out_dir / "prepared" / corpus
     features_final = out_dir / "features" / corpus
-    _check_replaceable(prepared_final, features_final)
+    _check_replaceable(prepared_final, features_final, pickle_path)
 
     pickle_sha = sha256_file(pickle_path)
     obj = load_pickle(pickle_path)
@@ -705,16 +715,16 @@ def import_features(
     # Both folders are written in full before either is renamed into place: leaving the inner block
     # publishes features/<corpus>, then leaving the outer one prepared/<corpus>; an error anywhere in
     # the blocks removes both temporary folders and leaves an earlier import untouched.
-    with atomic_output_dir(prepared_final) as prepared_tmp:
+    with atomic_output_dir(prepared_final, STAGE, legacy=_imported_manifest) as prepared_tmp:
         write_manifest(result.utterances, prepared_tmp / MANIFEST_FILE, metadata)
-        with atomic_output_dir(features_final) as features_tmp:
+        with atomic_output_dir(features_final, STAGE, legacy=_imported_stores) as features_tmp:
             reports = _write_stores(prepared_tmp, features_tmp, imported, layout, pickle_path, pickle_sha,
                                     text_layers, dtype)
             summary["import"] = _import_section(imported, layout, pickle_path, pickle_sha, reports,
                                                 fraction=dev_fraction, seed=seed, text_layers=text_layers,
                                                 dtype=dtype)
             write_summary_and_report(prepared_tmp, result, summary, stage="import-features")
-            _check_replaceable(prepared_final, features_final)  # nothing else appeared meanwhile
+            _check_replaceable(prepared_final, features_final, pickle_path)  # nothing else appeared meanwhile
     return summary
 
 

@@ -31,6 +31,7 @@ import yaml
 from pipeline.core.atomic import atomic_write_bytes
 from pipeline.core.errors import PipelineError
 from pipeline.core.fingerprint import sha256_file
+from pipeline.core.outputs import check_output_file
 from pipeline.formats.feature_store import INDEX_FILE
 from pipeline.formats.manifest import MANIFEST_FILE, SUMMARY_FILE, manifest_metadata, read_manifest
 from pipeline.formats.stage_report import REPORT_FILE, describe_counts, read_stage_report
@@ -90,7 +91,26 @@ def trace(paths: list[Path] | None = None, project: Path = Path(".")) -> Lineage
     return Lineage(roots=keys, links=tracer.links)
 
 
-def write_json(lineage: Lineage, path: Path) -> None:
+def check_json_target(path: Path, inputs: list[Path]) -> Path:
+    """Refuse a `--json FILE` that is or lies inside one of the traced paths, is an existing folder,
+    an existing file that is not a lineage JSON, or cannot be written (`pipeline.core.outputs`)."""
+    return check_output_file(path, [("PATH", p) for p in inputs], option="--json", replaceable=_is_lineage_json,
+                             what="a lineage file written by `mer lineage --json`")
+
+
+def _is_lineage_json(path: Path) -> bool:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and {"roots", "links", "broken"} <= set(record)
+
+
+def write_json(lineage: Lineage, path: Path, project: Path = Path(".")) -> None:
+    """Write the chain as JSON to `path`, which must not be or lie inside any file the chain was traced from."""
+    root = Path(project).resolve()
+    traced = [Path(link.path) if Path(link.path).is_absolute() else root / link.path for link in lineage.links.values()]
+    check_json_target(Path(path), traced)
     atomic_write_bytes(Path(path), (json.dumps(lineage.to_dict(), indent=2) + "\n").encode())
 
 

@@ -18,6 +18,7 @@ from pipeline import __version__
 from pipeline.core.atomic import atomic_output_dir
 from pipeline.corpora import get_corpus
 from pipeline.core.errors import PipelineError
+from pipeline.core.outputs import check_output
 from pipeline.formats.manifest import MANIFEST_FILE, build_summary, write_manifest, write_summary_and_report
 
 
@@ -32,6 +33,7 @@ def prepare_corpus(corpus: str, root: Path, out_dir: Path, label_policy: str | N
     root = Path(root)
     if not root.exists():
         raise PipelineError(f"{root}: raw corpus folder does not exist (set --root to where {corpus} was unpacked)")
+    check_output(out_dir, "prepare", [("--root", root)])  # before the (long) read
     result = spec.read(root, policy)
     if not result.utterances:
         raise PipelineError(f"{root}: the {corpus} reader found no utterance to keep under policy {policy!r}")
@@ -45,7 +47,7 @@ def prepare_corpus(corpus: str, root: Path, out_dir: Path, label_policy: str | N
         "raw_tree_sha256": summary["raw_tree_sha256"],
         "pipeline_version": __version__,
     }
-    with atomic_output_dir(Path(out_dir)) as tmp:
+    with atomic_output_dir(Path(out_dir), "prepare") as tmp:
         write_manifest(result.utterances, tmp / MANIFEST_FILE, metadata)
         write_summary_and_report(tmp, result, summary)
     return summary

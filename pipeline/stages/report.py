@@ -37,6 +37,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from pipeline.core.atomic import atomic_output_dir
+from pipeline.core.outputs import check_output
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import MODALITIES
 from pipeline.formats.feature_store import INDEX_FILE
@@ -603,11 +604,13 @@ def write_run_report(
 ) -> list[Path]:
     """Write out/report.html, out/report.md and its .svg figures, all at once or not at all."""
     prepared, features, train, evaluation, out = map(Path, (prepared, features, train, evaluation, out))
+    check_output(out, "report", [("--prepared", prepared), ("--features", features), ("--train", train),
+                                 ("--eval", evaluation)])
     run = load_inputs(corpus, prepared, features, train, evaluation)
     sections = build_sections(run)
     sources = [str(p) for p in (prepared, features, train, evaluation)]
     charts = [block for section in sections for block in section.blocks if isinstance(block, Chart)]
-    with atomic_output_dir(out) as tmp:
+    with atomic_output_dir(out, "report") as tmp:
         (tmp / HTML_FILE).write_text(render_html(corpus, sections, sources), encoding="utf-8")
         (tmp / MD_FILE).write_text(render_markdown(corpus, sections, sources), encoding="utf-8")
         for chart in charts:

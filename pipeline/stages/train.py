@@ -18,6 +18,9 @@ Output folder `O`: `best/` and `last/` (see `pipeline.training.checkpoint`), and
     dvclive/                 per-epoch losses and metrics (DVC plots), rebuilt from the history
     metrics.json             the selected epoch's dev and test metrics, and `test_best_epoch_oracle`
                              (the best test score over all epochs: an optimistic bound, NOT a result)
+    .mer-output.json         the marker naming this stage (pipeline.core.outputs), written before the
+                             first epoch; a folder without it (unless it holds only the files above) or
+                             with another stage's is refused, as is an --out overlapping an input
 
 Both checkpoints are written to a temporary folder and renamed. A rerun with the same data, config,
 code and process count resumes from `last` (from the start of the epoch after it); anything else
@@ -29,6 +32,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import re
 import subprocess
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -42,9 +47,10 @@ from accelerate.utils import set_seed
 from dvclive import Live
 
 from model.cmath import CMATH, CMATHConfig
-from pipeline.core.atomic import atomic_write_bytes
+from pipeline.core.atomic import atomic_write_bytes, write_marker
 from pipeline.core.errors import PipelineError, one_line
 from pipeline.core.fingerprint import sha256_file
+from pipeline.core.outputs import check_output
 from pipeline.core.params import (
     MODALITIES,
     ParamError,
@@ -76,9 +82,10 @@ from pipeline.training.loop import (
     score,
     train_epoch,
 )
-from pipeline.formats.run_files import BEST_DIR, METRICS_FILE
+from pipeline.formats.run_files import BEST_DIR, LAST_DIR, METRICS_FILE
 from pipeline.training.metrics import SUMMARY_KEYS, summary
 
+STAGE = "train"  # the `mer` subcommand, named by the output folder's marker
 DATA_FIELDS = ("input_dims", "num_classes", "num_speakers")
 # `train.model`: CMATHConfig's fields but the data's, as typed there; class_weights may also be "balanced"
 MODEL_PARAM_TYPES = {
@@ -288,13 +295,18 @@ def train(
     feature_shuffle: int | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
     log: Callable[[str], None] | None = None,
+    params_file: Path | None = None,
 ) -> dict[str, Any]:
     """Train one model (seed `config.seed`) into `out`; returns the content of `out/metrics.json`.
 
     `feature_shuffle` (alignment check only) permutes features across utterances, see pipeline.training.data.
     `on_epoch_end(epoch)` is called after each epoch's `last` state is saved (tests stop a run there).
+    `out` must not overlap an input (`prepared`, `features`, `params_file`, the file the config came
+    from) and must be absent, empty or a training folder (`check_train_output`), checked first; it
+    is marked as `mer train`'s output just before the first epoch.
     """
     out = Path(out)
+    check_train_output(out, prepared, features, params_file)
     accelerator = make_accelerator(config.mixed_precision, cpu)
     say = log or accelerator.print
     data, stats = load_training_data(corpus, prepared, features, config, feature_shuffle)
@@ -320,6 +332,8 @@ def train(
     # resume this same run, or start afresh
     code = code_version()
     run_id = run_identity(config, model_config, data, code, accelerator, feature_shuffle)
+    if accelerator.is_main_process:
+        _mark(out)
     state = resume_or_start(accelerator, out, run_id, fresh, say)
     record = checkpoint_record(corpus, config, model_config, data, code, accelerator)
 
@@ -359,6 +373,34 @@ def train(
     return metrics
 
 
+def is_train_folder(folder: Path) -> bool:
+    """True if every entry of the non-empty `folder` is one `mer train` writes (best/, last/, dvclive/,
+    metrics.json, report.json, seeds.json, seed-<s>/ and their temporary names): a training folder
+    from before outputs carried a marker, which a rerun resumes."""
+    try:
+        names = [entry.name for entry in os.scandir(folder)]
+    except OSError:
+        return False
+    return bool(names) and all(_TRAIN_ENTRY.match(name) for name in names)
+
+
+_TRAIN_ENTRY = re.compile(
+    rf"^\.?({BEST_DIR}|{LAST_DIR})(\.partial|\.old)?$|^dvclive$|^seed-\d+$"
+    rf"|^\.?({re.escape(METRICS_FILE)}|{re.escape(REPORT_FILE)}|seeds\.json)(\..+\.tmp)?$"
+)
+
+
+def check_train_output(out: Path, prepared: Path | str, features: Path | str, params_file: Path | None) -> None:
+    """`mer train`'s output check (`pipeline.core.outputs.check_output`), before anything is loaded."""
+    inputs = [("--prepared", Path(prepared)), ("--features", Path(features)), ("--params", params_file)]
+    check_output(out, STAGE, inputs, legacy=is_train_folder)
+
+
+def _mark(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_marker(out, STAGE)
+
+
 def _write_dvclive(folder: Path, history: list[dict[str, Any]], artifact: tuple[Path, str] | None = None) -> None:
     """The per-epoch curves, rewritten from the run's history after every epoch (so a resumed run has
     every epoch exactly once); at the end the best checkpoint is logged as a model artifact."""
@@ -385,6 +427,9 @@ def train_seeds(
 ) -> dict[str, Any]:
     """`seeds` runs with seeds seed..seed+seeds-1 into out/seed-<s>/, and out/seeds.json with mean and std."""
     out = Path(out)
+    check_train_output(out, prepared, features, kwargs.get("params_file"))
+    if PartialState().is_main_process:
+        _mark(out)
     seed_list = [config.seed + k for k in range(seeds)]
     runs = [
         train(corpus, prepared, features, out / f"seed-{s}", replace(config, seed=s), **kwargs) for s in seed_list

@@ -18,7 +18,8 @@ def test_wrong_root_is_one_line_and_exit_code_2(tmp_path, capsys):
 
 
 def test_tree_of_another_corpus_names_what_was_expected(tmp_path, capsys):
-    code = main(["prepare", "--corpus", "iemocap", "--root", str(tmp_path), "--out", str(tmp_path / "out")])
+    (tmp_path / "tree").mkdir()  # beside the output: an --out inside the root is refused first
+    code = main(["prepare", "--corpus", "iemocap", "--root", str(tmp_path / "tree"), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and "Session" in err and "Traceback" not in err
 

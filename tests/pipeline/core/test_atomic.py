@@ -21,11 +21,11 @@ def test_atomic_write_replaces_and_uses_umask_permissions(tmp_path):
 
 def test_atomic_output_dir_keeps_old_folder_on_failure(tmp_path):
     out = tmp_path / "out"
-    with atomic_output_dir(out) as tmp:
+    with atomic_output_dir(out, "prepare") as tmp:
         (tmp / "x").write_text("first")
     assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~_umask()
     with pytest.raises(RuntimeError):
-        with atomic_output_dir(out) as tmp:
+        with atomic_output_dir(out, "prepare") as tmp:
             (tmp / "x").write_text("second")
             raise RuntimeError("boom")
     assert (out / "x").read_text() == "first"

@@ -12,6 +12,8 @@ from pipeline.corpora.meld import parse_time, read_meld, repair_text
 from pipeline.core.errors import CorpusFormatError, PipelineError
 from pipeline.formats.manifest import read_manifest
 from pipeline.stages.prepare import prepare_corpus
+from pipeline.core.atomic import write_marker
+from pipeline.core.outputs import MARKER_FILE
 
 # The table of ../shared/data/README.md: split -> (utterances, dialogues, label counts).
 EXPECTED = {
@@ -180,10 +182,11 @@ def test_failed_prepare_leaves_output_untouched(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "previous.txt").write_text("kept")
+    write_marker(out, "prepare")  # an earlier prepare output: the only kind of folder prepare replaces
     with pytest.raises(CorpusFormatError):
         prepare_corpus("meld", tmp_path / "raw", out)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
-    assert sorted(p.name for p in out.iterdir()) == ["previous.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER_FILE, "previous.txt"]
 
 
 def test_unknown_label_policy_is_rejected(tmp_path):

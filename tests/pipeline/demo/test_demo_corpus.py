@@ -16,6 +16,8 @@ import pytest
 import soundfile
 
 from pipeline.demo.corpus import DemoConfig, generate_demo_corpus
+from pipeline.core.atomic import write_marker
+from pipeline.core.outputs import MARKER_FILE
 from pipeline.demo.signals import PROTOTYPES
 
 pytestmark = pytest.mark.slow
@@ -99,6 +101,7 @@ def test_same_seed_gives_identical_files_and_other_seed_differs(demo, tmp_path):
     again = tmp_path / "again"
     again.mkdir()
     (again / "stale.txt").write_text("replaced on success")
+    write_marker(again, "demo-corpus")  # an earlier demo corpus: the only kind of folder it replaces
     assert generate_demo_corpus(again, DemoConfig()) == truth
     assert file_hashes(again) == file_hashes(root)
 
@@ -115,6 +118,7 @@ def test_a_failure_leaves_an_existing_corpus_and_no_temporary_folder(tmp_path, m
     out = tmp_path / "corpus"
     out.mkdir()
     (out / "keep.txt").write_text("old corpus")
+    write_marker(out, "demo-corpus")
 
     def broken(staging: Path, config: DemoConfig):
         (staging / "IEMOCAP_full_release").mkdir()
@@ -124,7 +128,7 @@ def test_a_failure_leaves_an_existing_corpus_and_no_temporary_folder(tmp_path, m
     with pytest.raises(RuntimeError, match="disk full"):
         generate_demo_corpus(out, DemoConfig())
     assert [p.name for p in tmp_path.iterdir()] == ["corpus"]
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER_FILE, "keep.txt"]
 
 
 def test_the_smallest_config_still_plants_every_quirk(tmp_path):

@@ -20,6 +20,7 @@ from pipeline.demo.tiny_models import (
     build_tiny_wav2vec2,
 )
 from pipeline.core.fingerprint import sha256_file
+from pipeline.core.outputs import MARKER_FILE, read_marker
 
 SENTENCES = [
     "I don't know, she's SO angry!! Isn't it?",
@@ -61,13 +62,15 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
 def test_build_all_writes_the_three_checkpoints_and_nothing_else(built: dict[str, Path]) -> None:
     root = built["text"].parent
     assert built == {"text": root / ROBERTA_DIR, "audio": root / WAV2VEC2_DIR, "face": root / FACENET_FILE}
-    assert sorted(p.name for p in root.iterdir()) == sorted([ROBERTA_DIR, WAV2VEC2_DIR, FACENET_FILE])
+    # each folder carries the marker of the stage that wrote it (pipeline/core/outputs.py)
+    assert sorted(p.name for p in root.iterdir()) == sorted([MARKER_FILE, ROBERTA_DIR, WAV2VEC2_DIR, FACENET_FILE])
     assert sorted(p.name for p in built["text"].iterdir()) == [
-        "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"
+        MARKER_FILE, "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"
     ]  # fmt: skip
     assert sorted(p.name for p in built["audio"].iterdir()) == [
-        "config.json", "model.safetensors", "preprocessor_config.json"
+        MARKER_FILE, "config.json", "model.safetensors", "preprocessor_config.json"
     ]  # fmt: skip
+    assert {read_marker(folder) for folder in (root, built["text"], built["audio"])} == {"tiny-models"}
 
 
 def test_tokenizer_uses_robertas_special_token_ids(built: dict[str, Path]) -> None:

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.outputs import MARKER_FILE
 from pipeline.formats.feature_store import FeatureStoreReader, FeatureStoreWriter, StoreMetadata, shard_name
 from tests.helpers import PROJECT_ROOT
 
@@ -89,7 +90,7 @@ def test_two_independent_writes_are_byte_identical(tmp_path):
     build_store(tmp_path / "b", reverse=True)  # other shard order, other dict order
     digest = folder_digest(tmp_path / "a")
     assert set(digest) == {*(shard_name(k) for k in range(5)), "index.json", "report.json",
-                           "availability.safetensors", ".lock"}
+                           "availability.safetensors", ".lock", MARKER_FILE}
     assert digest == folder_digest(tmp_path / "b")
 
 
