@@ -14,7 +14,14 @@ import pytest
 import yaml
 
 from tests.helpers import PROJECT_ROOT
-from tests.helpers.dvc_deps import dvc_stages, missing_code_deps, read_module_log, stages_using
+from tests.helpers.dvc_deps import (
+    dvc_stages,
+    missing_code_deps,
+    read_module_log,
+    stages_using,
+    suggested_code_deps,
+    unused_code_deps,
+)
 from tests.helpers.report_page import page_svgs, page_table, parse_page
 from pipeline.formats.feature_store import FeatureStoreReader
 from pipeline.formats.manifest import read_manifest
@@ -280,12 +287,18 @@ def test_changing_one_corpus_params_reruns_only_its_branch(project):
 # --- DVC code deps ----------------------------------------------------------------------------------
 
 
-def test_every_stage_depends_on_every_project_module_its_command_loaded(project):
+def test_every_stage_depends_on_exactly_the_project_modules_its_command_loaded(project):
     """What each `mer` command really imported during `dvc repro` against its stage's deps in dvc.yaml."""
     stages = dvc_stages(project)
     assert len(stages) == 16
-    problems = missing_code_deps(stages, read_module_log(module_log(project)))
-    assert problems == {}, "stages missing code deps:\n" + "\n".join(f"  {s}: {', '.join(m)}" for s, m in problems.items())
+    loaded = read_module_log(module_log(project))
+    missing = missing_code_deps(stages, loaded)
+    # and no more: a dep on a module the command never loads would mark the stage stale for nothing
+    unused = unused_code_deps(stages, loaded, project)
+    exact = {s.name: suggested_code_deps(loaded.get(s.argv, set()), project) for s in stages}
+    advice = "\n".join(f"  {name}: the exact code deps are {exact[name]}" for name in sorted({*missing, *unused}))
+    assert missing == {}, f"stages missing code deps: {missing}\n{advice}"
+    assert unused == {}, f"code deps never loaded: {unused}\n{advice}"
 
 
 def test_the_deps_check_names_a_removed_dep(project, tmp_path):
@@ -310,6 +323,7 @@ LAYER_PROBES = {
     "pipeline/formats/feature_store.py": {
         *(f"extract@{c}-{m}" for c in ("meld", "iemocap") for m in ("text", "audio", "face")),
         "train@meld", "train@iemocap", "evaluate@meld", "evaluate@iemocap",
+        "report@meld", "report@iemocap",  # the report reads the stores' index.json (INDEX_FILE)
     },
     "pipeline/corpora/meld.py": {"prepare@meld"},
     "pipeline/demo/media.py": {"demo_corpus"},

@@ -1,9 +1,11 @@
-"""The DVC code-deps check: every project module a stage's command loaded is covered by its deps.
+"""The DVC code-deps check: each stage's code deps are exactly the project modules its command loads.
 
 `mer` writes one JSON line per command to `$MER_MODULE_LOG` (`pipeline.cli`): its argv and the
 project source files in `sys.modules` when it ended. Run `dvc repro` with that variable set, then
-`missing_code_deps` matches each `dvc.yaml` stage (foreach/matrix expanded by DVC itself) with the
-command it ran and lists the loaded files that no dep covers (a folder dep covers its files).
+match each `dvc.yaml` stage (foreach/matrix expanded by DVC itself) with the command it ran:
+`missing_code_deps` lists the loaded files that no dep covers (a folder dep covers its files), and
+`unused_code_deps` the code deps that cover a module the command never loads (which would mark the
+stage stale for an edit that cannot change its result).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import json
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+
+CODE_ROOTS = ("pipeline", "extractors", "model")  # the project's packages: deps under them are code deps
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,8 @@ def dvc_stages(project: Path) -> list[Stage]:
             words = shlex.split(stage.cmd if isinstance(stage.cmd, str) else " ".join(stage.cmd))
             deps = tuple(str(Path(d.fs_path).resolve().relative_to(project.resolve())) for d in stage.deps
                          if Path(d.fs_path).resolve().is_relative_to(project.resolve()))
-            stages.append(Stage(stage.addressing, tuple(words[1:]) if words[:1] == ["mer"] else tuple(words), deps))
+            name = stage.addressing.rsplit(":", 1)[-1]  # "<dvc.yaml path>:<name>" when run from elsewhere
+            stages.append(Stage(name, tuple(words[1:]) if words[:1] == ["mer"] else tuple(words), deps))
     return stages
 
 
@@ -64,3 +69,42 @@ def missing_code_deps(stages: list[Stage], loaded: dict[tuple[str, ...], set[str
 def stages_using(module: str, stages: list[Stage], loaded: dict[tuple[str, ...], set[str]]) -> set[str]:
     """The stages whose command loaded `module`."""
     return {s.name for s in stages if module in loaded.get(s.argv, set())}
+
+
+def unused_code_deps(stages: list[Stage], loaded: dict[tuple[str, ...], set[str]], project: Path
+                     ) -> dict[str, list[str]]:
+    """Stage name -> its code deps that cover a Python module its command did not load (data files in a
+    folder dep, such as templates, are not modules and do not count)."""
+    problems = {}
+    for stage in stages:
+        modules = loaded.get(stage.argv, set())
+        unused = []
+        for dep in stage.deps:
+            if dep.split("/")[0] not in CODE_ROOTS:
+                continue
+            path = project / dep
+            files = [dep] if path.is_file() else [p.relative_to(project).as_posix() for p in sorted(path.rglob("*.py"))]
+            never = [f for f in files if f.endswith(".py") and f not in modules]
+            if never:
+                unused.append(f"{dep} ({', '.join(never)})" if path.is_dir() else dep)
+        if unused:
+            problems[stage.name] = unused
+    return problems
+
+
+def suggested_code_deps(modules: set[str], project: Path) -> list[str]:
+    """The shortest exact dep list for `modules`: the widest folder all of whose modules are loaded
+    (sub-folders included), else the file itself."""
+
+    def fully_loaded(folder: Path) -> bool:
+        files = {p.relative_to(project).as_posix() for p in (project / folder).rglob("*.py")}
+        return bool(files) and files <= modules
+
+    deps: set[str] = set()
+    for module in sorted(modules):
+        best, folder = None, Path(module).parent
+        while folder != Path(".") and fully_loaded(folder):
+            best, folder = folder, folder.parent
+        deps.add(best.as_posix() if best is not None else module)
+    # a folder dep makes the deps inside it redundant
+    return sorted(d for d in deps if not any(d != o and d.startswith(o + "/") for o in deps))
