@@ -152,6 +152,8 @@ class _Context:
     release_root: Path
     result: CorpusReadResult
     seen_paths: set[str] = field(default_factory=set)
+    # "file:line" of each kept utterance's summary line, by id(utterance), for check_unique_ids
+    turn_sources: dict[int, str] = field(default_factory=dict)
 
     def record(self, fingerprint: Fingerprint) -> Fingerprint:
         """Add a raw file to result.raw_files once, however many rows were read from it."""
@@ -190,7 +192,7 @@ def read_iemocap(root: Path, label_policy: str) -> CorpusReadResult:
         files = dialogue_label_files(ctx, session)
         for label_path in progress(files, f"iemocap Session{session}", total=len(files), unit="dialogue"):
             read_dialogue(ctx, session, label_path, label_policy)
-    check_unique_ids(result)
+    check_unique_ids(result, source_of=lambda utt: ctx.turn_sources.get(id(utt)))
     return result
 
 
@@ -255,9 +257,9 @@ def read_dialogue(ctx: _Context, session: int, label_path: Path, policy: str) ->
             ctx.result.excluded.append(Exclusion(dialogue.split, turn.utterance_id, reason, source))
             continue
         label, label_source = decision
-        ctx.result.utterances.append(
-            build_utterance(ctx, dialogue, turn, turn_index, label, label_source)
-        )
+        utt = build_utterance(ctx, dialogue, turn, turn_index, label, label_source)
+        ctx.turn_sources[id(utt)] = f"{dialogue.label_file}:{turn.line}"
+        ctx.result.utterances.append(utt)
 
 
 def open_dialogue(ctx: _Context, session: int, dialogue_id: str, label_path: Path) -> Dialogue:
@@ -483,6 +485,11 @@ def build_utterance(
             "votes": [{"evaluator": v.evaluator, "emotions": list(v.emotions)} for v in turn.votes],
         },
     )
+    # impossible spans are kept (the label and text are still good) but flagged for the extractors
+    if turn.start_s < 0:
+        utt.flag("negative_start")
+    if turn.end_s < turn.start_s:
+        utt.flag("end_before_start")
     if line is None:
         utt.flag("missing_transcript")
     elif not text:

@@ -7,7 +7,11 @@ What the real files hold, and what this module does about it (facts from the pub
   spaces, after which the two encodings give identical rows.
 - `Sr No.` repeats, so an utterance is keyed by (split, Dialogue_ID, Utterance_ID); its clip is
   `dia{D}_utt{U}.mp4` in the split's folder, which some copies nest one level deeper.
-- times come as `HH:MM:SS,mmm`, `H:MM:SS,mmm` and `HH:MM:SS,mm`.
+- times come as `HH:MM:SS,mmm`, `H:MM:SS,mmm` and `HH:MM:SS,mm` (hours are 0 in every published
+  row; one or two hour digits are read, minutes and seconds must be 00-59).
+- ids, season and episode are non-negative integers; a value that is not, a time out of range and a
+  split CSV with no rows are `file:line` errors naming the column: read on, they would misplace an
+  utterance, list its real clip as unlabeled, or silently shrink the corpus.
 - clip folders hold macOS `._*` files and clips without a label row: reported, not read.
 - a missing or undecodable clip is flagged on its utterance, whose text still counts.
 """
@@ -85,7 +89,29 @@ def parse_time(value: str) -> float:
     if not match:
         raise ValueError(f"unrecognised time {value!r} (expected HH:MM:SS,mmm)")
     hours, minutes, seconds, fraction = match.groups()
+    for unit, number in (("minutes", minutes), ("seconds", seconds)):
+        if int(number) >= 60:
+            raise ValueError(f"{unit} {number} out of range in time {value.strip()!r} (expected H:MM:SS,mmm, {unit} 00-59)")
     return int(hours) * 3600 + int(minutes) * 60 + int(seconds) + int(fraction) / 10 ** len(fraction)
+
+
+_NON_NEGATIVE_INT = re.compile(r"^\d+$")
+
+
+def parse_id(value: str) -> int:
+    """A non-negative integer such as `Dialogue_ID`; `-1`, `1.0`, `+1` and `1_000` are errors, not ids."""
+    text = value.strip()
+    if not _NON_NEGATIVE_INT.match(text):
+        raise ValueError(f"{value!r} is not a non-negative integer")
+    return int(text)
+
+
+def _column(record: dict[str, str], column: str, parse):
+    """parse(record[column]); a ValueError names the column."""
+    try:
+        return parse(record[column])
+    except ValueError as exc:
+        raise ValueError(f"column {column}: {exc}") from None
 
 
 def _decode(path: Path) -> tuple[str, set[int]]:
@@ -146,16 +172,23 @@ def _read_csv(path: Path, split: str) -> list[_Row]:
             rows.append(
                 _Row(
                     split=split, line=line,
-                    dialogue=int(record["Dialogue_ID"]), utterance=int(record["Utterance_ID"]),
+                    dialogue=_column(record, "Dialogue_ID", parse_id),
+                    utterance=_column(record, "Utterance_ID", parse_id),
                     text=repair_text(record["Utterance"]), speaker=repair_text(record["Speaker"]),
                     emotion=emotion, sentiment=sentiment,
-                    season=int(record["Season"]), episode=int(record["Episode"]), sr_no=record["Sr No."].strip(),
-                    start_s=parse_time(record["StartTime"]), end_s=parse_time(record["EndTime"]),
+                    season=_column(record, "Season", parse_id), episode=_column(record, "Episode", parse_id),
+                    sr_no=record["Sr No."].strip(),
+                    start_s=_column(record, "StartTime", parse_time), end_s=_column(record, "EndTime", parse_time),
                     repaired_encoding=any(first_line <= n <= line for n in repaired_lines),
                 )
             )
         except ValueError as exc:
             raise CorpusFormatError(path, str(exc), line=line) from None
+    if not rows:
+        raise CorpusFormatError(
+            path, f"no utterance rows under the header: the {split} split would be empty "
+            "(a truncated or emptied CSV; restore it from the release)", line=1,
+        )
     return rows
 
 
@@ -170,19 +203,28 @@ def _find_unique(root: Path, name: str, want_dir: bool) -> Path | None:
 
 
 def find_meld_root(root: Path) -> Path:
-    """The folder holding the three CSVs: `root` itself, `root/MELD.Raw`, or one level deeper."""
+    """The folder holding the three CSVs: `root` itself, `root/MELD.Raw`, or one level deeper.
+
+    A tree missing one split's CSV is refused (a smaller corpus would silently change the splits).
+    """
     root = Path(root)
     if not root.is_dir():
         raise CorpusFormatError(root, "MELD root folder does not exist")
-    train_csv = _find_unique(root, CSV_FILES["train"], want_dir=False)
-    if train_csv is None:
+    found = next(
+        (csv_path for name in CSV_FILES.values() if (csv_path := _find_unique(root, name, want_dir=False))), None
+    )
+    if found is None:
         raise CorpusFormatError(
             root, f"not a {RELEASE_DIR} tree: no {CSV_FILES['train']} found here or up to two folders below"
         )
-    meld_root = train_csv.parent
+    meld_root = found.parent
     for split, name in CSV_FILES.items():
         if not (meld_root / name).is_file():
-            raise CorpusFormatError(meld_root / name, f"MELD {split} CSV is missing beside {train_csv.name}")
+            raise CorpusFormatError(
+                meld_root / name,
+                f"MELD {split} CSV is missing beside {found.name}: every split's CSV is needed "
+                "(a missing split would silently change the corpus)",
+            )
     return meld_root
 
 
@@ -289,7 +331,7 @@ def read_meld(root: Path, label_policy: str) -> CorpusReadResult:
             result.utterances.append(utt)
             if clip is not None:
                 result.raw_files.append(utt.sources[-1])
-    check_unique_ids(result)
+    check_unique_ids(result, source_of=lambda utt: f"{utt.sources[0].path}:{utt.attributes['csv_line']}")
     return result
 
 

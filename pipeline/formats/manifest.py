@@ -10,7 +10,7 @@ import json
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -183,13 +183,17 @@ def manifest_metadata(path: Path) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in meta.items()}
 
 
-def check_unique_ids(result: CorpusReadResult) -> None:
-    """Keep the first utterance of each id; later duplicates are excluded with a reason."""
+def check_unique_ids(result: CorpusReadResult, source_of: Callable[[Utterance], str | None] | None = None) -> None:
+    """Keep the first utterance of each id; later duplicates are excluded with a reason.
+
+    `source_of(utt)` is the reader's "file:line" of an utterance: each exclusion carries the repeat's.
+    """
     seen: set[str] = set()
     kept: list[Utterance] = []
     for utt in result.utterances:
         if utt.utterance_id in seen:
-            result.excluded.append(Exclusion(utt.split, utt.utterance_id, "duplicate utterance id"))
+            source = source_of(utt) if source_of is not None else None
+            result.excluded.append(Exclusion(utt.split, utt.utterance_id, "duplicate utterance id", source))
             continue
         seen.add(utt.utterance_id)
         kept.append(utt)

@@ -71,7 +71,9 @@ def test_duplicate_meld_utterance_id(meld_raw_full, tmp_path) -> None:
     prepare("meld", meld_raw_full, tmp_path / "prepared")
     acc = assert_accounted("meld", meld_raw_full, tmp_path / "prepared")
     assert [e for e in acc.excluded if e["utterance_id"] == "dev_dia2_utt3"] == [
-        {"split": "dev", "utterance_id": "dev_dia2_utt3", "reason": "duplicate utterance id", "source": None}
+        # the repeat is excluded, with its own line (the header is line 1)
+        {"split": "dev", "utterance_id": "dev_dia2_utt3", "reason": "duplicate utterance id",
+         "source": f"{CSV_FILES['dev']}:{len(rows) + 2}"}
     ]
     assert len(acc.excluded) == 1 and acc.summary["exclusion_counts"] == {"duplicate utterance id": 1}
     assert acc.rows["dev_dia2_utt3"]["text"] == original["Utterance"].replace("\x92", "’")  # the first row is kept

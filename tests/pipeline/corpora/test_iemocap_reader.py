@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from tests.helpers.iemocap_tree import DIALOGUES, HEADER, RELEASE_DIR, write_iem
 from pipeline.corpora import get_corpus, iemocap
 from pipeline.corpora.iemocap import read_iemocap
 from pipeline.core.errors import CorpusFormatError, PipelineError
-from pipeline.formats.manifest import CorpusReadResult, Utterance
+from pipeline.formats.manifest import CorpusReadResult, Utterance, read_manifest
+from pipeline.stages.prepare import prepare_corpus
 
 
 @pytest.fixture(scope="module")
@@ -369,3 +371,54 @@ def test_repeated_turn_id_is_reported_not_lost(tmp_path: Path) -> None:
     assert [e.reason for e in result.excluded if e.utterance_id == "Ses04F_script02_1_F000"] == [
         "duplicate utterance id"
     ]
+
+
+def test_duplicate_id_exclusion_carries_the_repeats_file_and_line(tmp_path: Path) -> None:
+    release = fresh_tree(tmp_path / "raw")
+    path = release / "Session4" / "dialog" / "EmoEvaluation" / "Ses04F_script02_1.txt"
+    with path.open("a") as handle:
+        handle.write("\n[9.0000 - 9.5000]\tSes04F_script02_1_F000\tneu\t[2.5000, 2.5000, 2.5000]\n")
+    line = len(path.read_text().splitlines())
+    summary = prepare_corpus("iemocap", tmp_path / "raw", tmp_path / "out")
+    duplicates = [e for e in summary["excluded"] if e["reason"] == "duplicate utterance id"]
+    assert duplicates == [
+        {"split": "dev", "utterance_id": "Ses04F_script02_1_F000", "reason": "duplicate utterance id",
+         "source": f"Session4/dialog/EmoEvaluation/Ses04F_script02_1.txt:{line}"}
+    ]
+    # every exclusion in summary.json says where it was found (the policy ones did already)
+    assert summary["excluded"] and all(re.fullmatch(r"Session\d/.+\.txt:\d+", e["source"]) for e in summary["excluded"])
+
+
+# --- impossible time spans are kept and flagged --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "text", "uid", "flags"),
+    [
+        (3, "[5.0000 - 2.0000]\tSes04F_script02_1_F000\tsad\t[2.5000, 3.0000, 2.5000]",
+         "Ses04F_script02_1_F000", ["end_before_start"]),
+        (9, "[-0.5000 - 4.0000]\tSes04F_script02_1_M000\tfru\t[2.5000, 3.0000, 2.5000]",
+         "Ses04F_script02_1_M000", ["negative_start"]),
+        (9, "[-3.0000 - -4.0000]\tSes04F_script02_1_M000\tfru\t[2.5000, 3.0000, 2.5000]",
+         "Ses04F_script02_1_M000", ["negative_start", "end_before_start"]),
+    ],
+)
+def test_turn_with_impossible_span_is_kept_and_flagged(
+    tmp_path: Path, line: int, text: str, uid: str, flags: list[str]
+) -> None:
+    release = fresh_tree(tmp_path / "raw")
+    path = release / "Session4" / "dialog" / "EmoEvaluation" / "Ses04F_script02_1.txt"
+    rewrite_line(path, line, text)
+    summary = prepare_corpus("iemocap", tmp_path / "raw", tmp_path / "out")
+    assert summary["counts"]["utterances_out"] == 22  # kept, not dropped
+    span_flags = {"negative_start", "end_before_start"}
+    listed = {f["utterance_id"]: f["flags"] for f in summary["flagged"]}
+    assert [f for f in listed[uid] if f in span_flags] == flags  # besides the fixture's own missing_video
+    assert {k: v for k, v in summary["flag_counts"].items() if k in span_flags} == {f: 1 for f in flags}
+    row = next(r for r in read_manifest(tmp_path / "out") if r["utterance_id"] == uid)
+    assert row["flags"] == listed[uid]
+
+
+def test_fixture_spans_are_not_flagged(benchmark: CorpusReadResult) -> None:
+    flags = {f for u in benchmark.utterances for f in u.flags}
+    assert not flags & {"end_before_start", "negative_start"}

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import shared_path
-from pipeline.corpora.meld import parse_time, read_meld, repair_text
+from tests.helpers.faults import read_meld_csv, write_meld_csv
+from pipeline.cli import main
+from pipeline.corpora.meld import CSV_FILES, parse_time, read_meld, repair_text
 from pipeline.core.errors import CorpusFormatError, PipelineError
 from pipeline.formats.manifest import read_manifest
 from pipeline.stages.prepare import prepare_corpus
@@ -148,7 +151,7 @@ def test_nested_root_cp1252_file_and_crlf_are_read(tmp_path):
     [
         (_row(1, "Hi.", "Joey", "happiness", 0, 0), "unknown emotion 'happiness'"),
         (_row(1, "Hi.", "Joey", "joy", 0, 0, start="1:2"), "unrecognised time '1:2'"),
-        ('1,"Hi.",Joey,joy,positive,zero,0,1,1,"00:00:01,000","00:00:02,000"', "invalid literal"),
+        ('1,"Hi.",Joey,joy,positive,zero,0,1,1,"00:00:01,000","00:00:02,000"', "column Dialogue_ID: 'zero' is not"),
         ('1,"Hi.",Joey,joy', "wrong number of fields"),
     ],
 )
@@ -205,3 +208,156 @@ def test_summary_is_json_with_required_fields(tmp_path):
         "modalities": {"text": 1, "audio": 0, "video": 0},
     }
     assert summary["counts"]["utterances_out"] == 3 and len(summary["raw_tree_sha256"]) == 64
+
+
+# --- strict reading: impossible values are file:line errors naming the column (issue 11, item 6) ------
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("25:99:99,000", "minutes 99 out of range"),  # was read as 96,039 s
+        ("00:60:00,000", "minutes 60 out of range"),
+        ("0:00:60,000", "seconds 60 out of range"),
+        ("00:16:99,5", "seconds 99 out of range"),
+    ],
+)
+def test_parse_time_rejects_minutes_or_seconds_of_60_or_more(value, message):
+    with pytest.raises(ValueError, match=message):
+        parse_time(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"), [("0:59:59,999", 3599.999), ("00:59:59.9", 3599.9), ("12:00:00,000", 43200.0)]
+)
+def test_parse_time_keeps_every_in_range_value_and_one_or_two_hour_digits(value, seconds):
+    assert parse_time(value) == pytest.approx(seconds)
+
+
+def test_parse_time_rejects_three_hour_digits():
+    with pytest.raises(ValueError, match="unrecognised time"):
+        parse_time("100:00:00,000")
+
+
+def _bad(column: str, value: str) -> str:
+    """A dev row with one column replaced by `value`."""
+    fields = dict(zip(HEADER.split(","), next(csv.reader([_row(1, "Hi.", "Joey", "joy", 0, 1)]))))
+    fields[column] = value
+    return ",".join(f'"{v}"' for v in fields.values())
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("StartTime", "25:99:99,000", "column StartTime: minutes 99 out of range in time '25:99:99,000'"),
+        ("EndTime", "00:00:60,000", "column EndTime: seconds 60 out of range"),
+        ("Dialogue_ID", "-1", "column Dialogue_ID: '-1' is not a non-negative integer"),
+        ("Utterance_ID", "-1", "column Utterance_ID: '-1' is not a non-negative integer"),
+        ("Utterance_ID", "1.0", "column Utterance_ID: '1.0' is not a non-negative integer"),
+        ("Utterance_ID", "1_000", "column Utterance_ID: '1_000' is not"),  # int() would read 1000
+        ("Dialogue_ID", "+3", "column Dialogue_ID: '\\+3' is not"),
+        ("Season", "-2", "column Season: '-2' is not"),
+    ],
+)
+def test_impossible_values_are_errors_naming_file_line_and_column(tmp_path, column, value, message):
+    write_csvs(tmp_path, {"dev": [_row(1, "Fine.", "Joey", "neutral", 0, 0), _bad(column, value)]})
+    with pytest.raises(CorpusFormatError, match=message) as info:
+        read_meld(tmp_path, "emotion")
+    assert (info.value.path, info.value.line) == (tmp_path / "dev_sent_emo.csv", 3)
+    assert str(info.value).startswith(f"{tmp_path / 'dev_sent_emo.csv'}:3: column {column}: ")
+
+
+def test_negative_utterance_id_does_not_hide_its_clip(tmp_path):
+    """It was an utterance `dev_dia0_utt-1`, and the real clip dia0_utt1.mp4 was listed as unlabeled."""
+    write_csvs(tmp_path, {"dev": [_row(1, "Hi.", "Joey", "joy", 0, -1)]})
+    (tmp_path / "dev_splits_complete").mkdir()
+    (tmp_path / "dev_splits_complete" / "dia0_utt1.mp4").write_bytes(b"")
+    with pytest.raises(CorpusFormatError, match="column Utterance_ID"):
+        read_meld(tmp_path, "emotion")
+
+
+@pytest.mark.parametrize("split", ["train", "dev", "test"])
+def test_a_split_csv_with_only_a_header_is_an_error(tmp_path, split):
+    write_csvs(tmp_path, {split: []})
+    path = tmp_path / CSV_FILES[split]
+    assert path.read_text().strip() == HEADER
+    with pytest.raises(CorpusFormatError, match=f"no utterance rows under the header: the {split} split would be empty") as info:
+        read_meld(tmp_path, "emotion")
+    assert (info.value.path, info.value.line) == (path, 1)
+
+
+@pytest.mark.parametrize("split", ["train", "dev", "test"])
+def test_a_corpus_missing_a_whole_split_csv_is_refused(tmp_path, split):
+    write_csvs(tmp_path / "MELD.Raw", {})
+    (tmp_path / "MELD.Raw" / CSV_FILES[split]).unlink()
+    with pytest.raises(CorpusFormatError, match=f"MELD {split} CSV is missing") as info:
+        read_meld(tmp_path, "emotion")  # a missing train CSV was "not a MELD.Raw tree"
+    assert info.value.path == tmp_path / "MELD.Raw" / CSV_FILES[split]
+
+
+def test_duplicate_id_exclusion_carries_its_file_and_line(tmp_path):
+    write_csvs(tmp_path / "raw", {"dev": [_row(1, "Hi.", "Joey", "joy", 0, 0), _row(2, "Again.", "Ross", "joy", 0, 0)]})
+    summary = prepare_corpus("meld", tmp_path / "raw", tmp_path / "out")
+    assert summary["excluded"] == [
+        {"split": "dev", "utterance_id": "dev_dia0_utt0", "reason": "duplicate utterance id", "source": "dev_sent_emo.csv:3"}
+    ]
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["excluded"] == summary["excluded"]
+
+
+# --- the same through the real CLI, on copies of the demo corpus's CSVs --------------------------------
+
+
+def _edit_first_row(column: str, value: str):
+    def edit(raw: Path) -> tuple[Path, int]:
+        path = raw / CSV_FILES["dev"]
+        header, rows = read_meld_csv(path)
+        rows[0][column] = value
+        write_meld_csv(path, header, rows)
+        return path, 2
+    return edit
+
+
+def _header_only(raw: Path) -> tuple[Path, int]:
+    path = raw / CSV_FILES["test"]
+    header, _ = read_meld_csv(path)
+    write_meld_csv(path, header, [])
+    return path, 1
+
+
+@pytest.mark.parametrize(
+    ("edit", "column"),
+    [
+        (_edit_first_row("StartTime", "25:99:99,000"), "StartTime"),
+        (_edit_first_row("EndTime", "0:00:75,120"), "EndTime"),
+        (_edit_first_row("Dialogue_ID", "-4"), "Dialogue_ID"),
+        (_edit_first_row("Utterance_ID", "2.5"), "Utterance_ID"),
+        (_header_only, None),
+    ],
+    ids=["start-25:99:99", "end-seconds-75", "negative-dialogue", "fractional-utterance", "header-only"],
+)
+def test_cli_strict_csv_errors_are_one_line_exit_2_naming_file_line_and_column(demo_corpus, tmp_path, capsys, edit, column):
+    root, _ = demo_corpus
+    raw = tmp_path / "MELD.Raw"
+    raw.mkdir()
+    for name in CSV_FILES.values():  # the CSVs only: the error comes before any clip is probed
+        (raw / name).write_bytes((root / "MELD.Raw" / name).read_bytes())
+    path, line = edit(raw)
+    code = main(["prepare", "--corpus", "meld", "--root", str(raw), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith(f"mer prepare: error: {path}:{line}: "), err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+    if column is not None:
+        assert f"column {column}: " in err
+
+
+def test_cli_missing_split_csv_is_one_line_exit_2(demo_corpus, tmp_path, capsys):
+    root, _ = demo_corpus
+    raw = tmp_path / "MELD.Raw"
+    raw.mkdir()
+    for split in ("dev", "test"):
+        (raw / CSV_FILES[split]).write_bytes((root / "MELD.Raw" / CSV_FILES[split]).read_bytes())
+    code = main(["prepare", "--corpus", "meld", "--root", str(raw), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"mer prepare: error: {raw / CSV_FILES['train']}: MELD train CSV is missing"), err
