@@ -27,7 +27,7 @@ def _cmd_demo_corpus(args: argparse.Namespace) -> None:
     where = f"{args.params}:demo" if args.params else "demo"
     sources = {"seed": "--seed"} if args.seed is not None else None
     config = section_to_dataclass(DemoConfig, values, where, sources=sources)
-    truth = generate_demo_corpus(Path(args.out), config, params_file=args.params)
+    truth = generate_demo_corpus(Path(args.out), config, params_file=args.params, wait_s=args.wait)
     counts = truth.get("counts", {})
     print(f"demo corpus written to {args.out}: {counts}")
 
@@ -35,7 +35,7 @@ def _cmd_demo_corpus(args: argparse.Namespace) -> None:
 def _cmd_prepare(args: argparse.Namespace) -> None:
     from pipeline.stages.prepare import describe, prepare_corpus
 
-    summary = prepare_corpus(args.corpus, Path(args.root), Path(args.out), args.label_policy)
+    summary = prepare_corpus(args.corpus, Path(args.root), Path(args.out), args.label_policy, wait_s=args.wait)
     print(describe(summary))
     print(f"manifest and summary written to {args.out}")
 
@@ -61,7 +61,7 @@ def _cmd_extract(args: argparse.Namespace) -> None:
 def _cmd_tiny_models(args: argparse.Namespace) -> None:
     from pipeline.demo.tiny_models import build_all
 
-    for modality, path in build_all(Path(args.out), seed=args.seed).items():
+    for modality, path in build_all(Path(args.out), seed=args.seed, wait_s=args.wait).items():
         print(f"{modality}: {path}")
 
 
@@ -71,6 +71,7 @@ def _cmd_import_features(args: argparse.Namespace) -> None:
     summary = import_features(
         Path(args.pickle), args.format, args.corpus, Path(args.out),
         dev_fraction=args.dev_fraction, seed=args.seed, text_layers=args.text_layers, dtype=args.dtype,
+        wait_s=args.wait,
     )
     print(describe(summary, Path(args.out)))
 
@@ -87,7 +88,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
                                       sources={"seed": "--seed"})
     if args.seeds < 1:
         raise PipelineError(f"--seeds must be at least 1, got {args.seeds}")
-    kwargs = {"fresh": args.fresh, "cpu": args.cpu, "feature_shuffle": args.feature_shuffle, "params_file": args.params}
+    kwargs = {"fresh": args.fresh, "cpu": args.cpu, "feature_shuffle": args.feature_shuffle, "params_file": args.params,
+              "wait_s": args.wait}
     if args.seeds == 1:
         train(args.corpus, Path(args.prepared), Path(args.features), Path(args.out), config, **kwargs)
         return
@@ -111,7 +113,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     config = load_section(args.params, "evaluate", EvaluateConfig) if args.params else EvaluateConfig()
     results = evaluate_checkpoint(
         Path(args.checkpoint), Path(args.prepared), Path(args.features), Path(args.out), config, cpu=args.cpu,
-        params_file=args.params,
+        params_file=args.params, wait_s=args.wait,
     )
     if PartialState().is_main_process:
         print(describe(results))
@@ -141,9 +143,18 @@ def _cmd_report(args: argparse.Namespace) -> None:
         train=Path(args.train),
         evaluation=Path(args.eval),
         out=Path(args.out),
+        wait_s=args.wait,
     )
     for path in written:
         print(f"run report written to {path}")
+
+
+def _add_wait(command: argparse.ArgumentParser, output: str = "--out") -> None:
+    command.add_argument(
+        "--wait", type=float, default=0.0, metavar="SECONDS",
+        help=f"seconds to wait for another run writing {output} to finish (it holds the output's lock); "
+        "default 0: refuse at once",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("out", help="folder to create; replaced only if generation succeeds")
     demo.add_argument("--params", type=Path, help="params.yaml whose `demo` section configures the corpus")
     demo.add_argument("--seed", type=int, help="override the seed")
+    _add_wait(demo, "OUT")
     demo.set_defaults(func=_cmd_demo_corpus)
 
     corpora = corpus_names()  # names only: a command imports the one reader it runs
@@ -166,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--out", required=True, help="output folder for manifest.parquet and summary.json")
     prep.add_argument("--label-policy", help="the corpus's label set (a wrong one is answered with the list); "
                       "default: its benchmark set")
+    _add_wait(prep)
     prep.set_defaults(func=_cmd_prepare)
 
     ext = sub.add_parser("extract", help="extract one modality's features of a manifest into a feature store")
@@ -174,12 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     ext.add_argument("--out", required=True, help="the feature store folder; an unfinished one is resumed")
     ext.add_argument("--params", type=Path, help="params.yaml whose `extract.<modality>` section configures it")
     ext.add_argument("--root", help="the raw corpus folder, if it moved since `mer prepare`")
-    ext.add_argument("--wait", type=float, default=0.0, help="seconds to wait for another run on --out to finish")
+    _add_wait(ext)
     ext.set_defaults(func=_cmd_extract)
 
     tiny = sub.add_parser("tiny-models", help="build the offline stand-in models (tiny RoBERTa, wav2vec2, FaceNet)")
     tiny.add_argument("out", help="folder to write the three models into")
     tiny.add_argument("--seed", type=int, default=0)
+    _add_wait(tiny, "OUT")
     tiny.set_defaults(func=_cmd_tiny_models)
 
     imp = sub.add_parser(
@@ -203,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "(roberta1, what SDT and GraphSmile read)")
     imp.add_argument("--dtype", choices=["float32", "float16"], default="float32",
                      help="store dtype; float32 (default) keeps the published values exactly")
+    _add_wait(imp, "prepared/<corpus> and features/<corpus> in --out")
     imp.set_defaults(func=_cmd_import_features)
 
     trn = sub.add_parser(
@@ -222,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     trn.add_argument("--feature-shuffle", type=int, metavar="SEED",
                      help="alignment check, not a result: give every utterance another utterance's features "
                      "(permuted with SEED within each split); the test score must fall to chance")
+    _add_wait(trn)
     trn.set_defaults(func=_cmd_train)
 
     evl = sub.add_parser(
@@ -234,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     evl.add_argument("--out", required=True, help="output folder; replaced only if evaluation succeeds")
     evl.add_argument("--params", type=Path, help="params.yaml whose `evaluate` section configures it")
     evl.add_argument("--cpu", action="store_true", help="run on CPU even if a GPU is present")
+    _add_wait(evl)
     evl.set_defaults(func=_cmd_evaluate)
 
     lin = sub.add_parser(
@@ -255,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--train", required=True, help="the training output folder (metrics.json, dvclive/, best/)")
     rep.add_argument("--eval", required=True, help="the evaluation output folder")
     rep.add_argument("--out", required=True, help="output folder for report.html and report.md")
+    _add_wait(rep)
     rep.set_defaults(func=_cmd_report)
     return parser
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.atomic import atomic_output_dir
+from pipeline.core.locks import output_lock
 from pipeline.core.outputs import check_output
 from pipeline.core.params import ParamError
 from pipeline.demo.iemocap_layout import DEV_DIALOGUES, TEST_POOL, TRAIN_POOL, write_iemocap
@@ -86,18 +87,19 @@ class DemoConfig:
 
 
 def generate_demo_corpus(
-    out_dir: Path, config: DemoConfig | None = None, params_file: Path | None = None
+    out_dir: Path, config: DemoConfig | None = None, params_file: Path | None = None, wait_s: float = 0.0
 ) -> dict[str, Any]:
     """Write the demo corpus to `out_dir` (replacing it only on success) and return its truth record.
 
     The same config always gives byte-identical files. The truth record is also written as
     `out_dir/demo_corpus.json`. `out_dir` must be absent, empty or an earlier demo corpus, and must
-    not overlap `params_file` (the file the config came from), see `pipeline.core.outputs`.
+    not overlap `params_file` (the file the config came from), see `pipeline.core.outputs`. The run
+    holds `out_dir`'s lock (`pipeline.core.locks`), waiting up to `wait_s` seconds for another run.
     """
     config = config or DemoConfig()
     out_dir = Path(out_dir)
     check_output(out_dir, STAGE, [("--params", params_file)], option="OUT")
-    with atomic_output_dir(out_dir, STAGE) as staging:
+    with output_lock(out_dir, STAGE, wait_s), atomic_output_dir(out_dir, STAGE) as staging:
         meld_utterances, meld_quirks = write_meld(staging, config)
         iemocap_utterances, iemocap_quirks = write_iemocap(staging, config)
         utterances = meld_utterances + iemocap_utterances

@@ -38,6 +38,7 @@ from transformers import (  # noqa: E402
 )
 
 from pipeline.core.atomic import atomic_output_dir, atomic_write_bytes, write_marker  # noqa: E402
+from pipeline.core.locks import output_lock  # noqa: E402
 from pipeline.core.outputs import check_output  # noqa: E402
 
 STAGE = "tiny-models"  # the `mer` subcommand, named by the outputs' markers
@@ -225,20 +226,22 @@ def build_random_facenet(out_path: Path, seed: int = 0) -> Path:
     return Path(out_path)
 
 
-def build_all(out_dir: Path, seed: int = 0) -> dict[str, Path]:
+def build_all(out_dir: Path, seed: int = 0, wait_s: float = 0.0) -> dict[str, Path]:
     """Build the three stand-ins under `out_dir`; each appears whole or not at all.
 
     `out_dir` must be absent, empty or an earlier output of this stage (`pipeline.core.outputs`);
-    its marker is written first, then each model folder (marked too) or file is put in place."""
+    its marker is written first, then each model folder (marked too) or file is put in place. The
+    run holds `out_dir`'s lock (`pipeline.core.locks`), waiting up to `wait_s` seconds for another run."""
     out_dir = Path(out_dir)
     check_output(out_dir, STAGE, option="OUT")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_marker(out_dir, STAGE)
-    return {
-        "text": build_tiny_roberta(out_dir / ROBERTA_DIR, seed),
-        "audio": build_tiny_wav2vec2(out_dir / WAV2VEC2_DIR, seed),
-        "face": build_random_facenet(out_dir / FACENET_FILE, seed),
-    }
+    with output_lock(out_dir, STAGE, wait_s):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_marker(out_dir, STAGE)
+        return {
+            "text": build_tiny_roberta(out_dir / ROBERTA_DIR, seed),
+            "audio": build_tiny_wav2vec2(out_dir / WAV2VEC2_DIR, seed),
+            "face": build_random_facenet(out_dir / FACENET_FILE, seed),
+        }
 
 
 def _seeded(seed: int, factory: Callable[[], T]) -> T:

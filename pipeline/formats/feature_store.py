@@ -58,12 +58,10 @@ inputs and tensors give byte-identical files however often the run was killed an
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import re
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -77,6 +75,7 @@ from safetensors.torch import save as safetensors_save
 
 from pipeline.core.atomic import atomic_write_bytes, write_marker
 from pipeline.core.errors import PipelineError
+from pipeline.core.locks import OutputLock
 from pipeline.core.outputs import MARKER_FILE, check_output
 from pipeline.core.fingerprint import sha256_file
 from pipeline.formats.stage_report import REPORT_FILE, stage_counts
@@ -98,7 +97,6 @@ _STORE_ENTRY = re.compile(
 )
 _DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
 _SAFETENSORS_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}
-_LOCK_POLL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -162,47 +160,6 @@ def _read_store_header(path: Path) -> dict[str, Any] | None:
         return None
 
 
-class _FolderLock:
-    """An exclusive flock on `folder/.lock`, so two writers never interleave shards of one store."""
-
-    def __init__(self, folder: Path) -> None:
-        self.path = folder / LOCK_FILE
-        self._fd: int | None = None
-
-    def acquire(self, wait_s: float) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                self._fd = fd
-                return
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    os.close(fd)
-                    raise PipelineError(self._busy_message(wait_s)) from None
-                time.sleep(_LOCK_POLL_S)
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def _busy_message(self, wait_s: float) -> str:
-        folder = self.path.parent
-        if wait_s > 0:
-            return f"{folder}: another process is still writing this feature store after waiting {wait_s:g} s"
-        return (
-            f"{folder}: another process is writing this feature store (it holds {self.path}); "
-            "wait for it to finish, or pass wait_s to wait for it"
-        )
-
-
 class FeatureStoreWriter:
     """Writes one store shard by shard; use as a context manager, which holds the folder's lock.
 
@@ -238,7 +195,8 @@ class FeatureStoreWriter:
         self.dtype = dtype
         self.wait_s = wait_s
         self.store = self._store_section(metadata)
-        self._lock = _FolderLock(self.folder)
+        # an exclusive flock on folder/.lock, so two writers never interleave shards of one store
+        self._lock = OutputLock(self.folder / LOCK_FILE, self.folder, "feature store", remove=False)
 
     def _store_section(self, metadata: StoreMetadata) -> dict[str, Any]:
         """The "store" section every shard carries, normalised through JSON so it compares equal on reload."""

@@ -28,12 +28,13 @@ from typing import Any, Literal
 from model.batch import IGNORE_LABEL
 from pipeline.core.atomic import atomic_output_dir
 from pipeline.core.errors import PipelineError
+from pipeline.core.locks import output_lock
 from pipeline.core.outputs import check_output
 from pipeline.core.params import ParamError
 from pipeline.formats.stage_report import REPORT_FILE
 from pipeline.training.checkpoint import load_feature_stats, load_model
 from pipeline.training.data import CorpusData, DialogueBatchSampler, SpeakerMap, load_corpus
-from pipeline.training.loop import Predictions, dialogue_loader, make_accelerator, predict
+from pipeline.training.loop import Predictions, dialogue_loader, is_main_launch_process, make_accelerator, predict
 from pipeline.formats.run_files import METRICS_FILE
 from pipeline.training.metrics import classification_metrics
 
@@ -105,15 +106,25 @@ class EvaluateConfig:
 def evaluate_checkpoint(
     checkpoint: Path | str, prepared: Path | str, features: Path | str, out: Path | str,
     config: EvaluateConfig | None = None, cpu: bool = False, params_file: Path | None = None,
+    wait_s: float = 0.0,
 ) -> dict[str, Any]:
     """Evaluate `checkpoint` on the configured splits; writes the files listed in the module docstring.
 
     `out` must not overlap an input (the checkpoint, the manifest folder, the stores, `params_file`)
-    and must be absent, empty or an earlier evaluation (`pipeline.core.outputs`): checked first."""
+    and must be absent, empty or an earlier evaluation (`pipeline.core.outputs`): checked first.
+    Then the run holds `out`'s lock (`pipeline.core.locks`; in a multi-process run the main process,
+    which writes `out`), waiting up to `wait_s` seconds for another run on it."""
     config = config or EvaluateConfig()
     checkpoint, out = Path(checkpoint), Path(out)
     check_output(out, "evaluate", [("--checkpoint", checkpoint), ("--prepared", Path(prepared)),
                                    ("--features", Path(features)), ("--params", params_file)])
+    with output_lock(out, "evaluate", wait_s, enabled=is_main_launch_process()):
+        return _evaluate(checkpoint, prepared, features, out, config, cpu)
+
+
+def _evaluate(
+    checkpoint: Path, prepared: Path | str, features: Path | str, out: Path, config: EvaluateConfig, cpu: bool
+) -> dict[str, Any]:
     model, record = load_model(checkpoint)
     data = load_corpus(
         prepared, features, record["modalities"], speaker_map=SpeakerMap.from_dict(record["speaker_map"]),

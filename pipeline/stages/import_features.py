@@ -141,6 +141,7 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.core.atomic import atomic_output_dir
+from pipeline.core.locks import output_locks
 from pipeline.core.outputs import check_output
 from pipeline.core.errors import PipelineError, one_line
 from pipeline.core.fingerprint import Fingerprint, sha256_file
@@ -669,8 +670,13 @@ def import_features(
     seed: int = 0,
     text_layers: str | None = None,
     dtype: str = "float32",
+    wait_s: float = 0.0,
 ) -> dict[str, Any]:
-    """Convert one feature pickle; returns the summary (also written to prepared/<corpus>/summary.json)."""
+    """Convert one feature pickle; returns the summary (also written to prepared/<corpus>/summary.json).
+
+    After the output checks the run holds the locks of both outputs, prepared/<corpus> then
+    features/<corpus> (`pipeline.core.locks`, the same locks `mer prepare` and another import take),
+    waiting up to `wait_s` seconds for each."""
     pickle_path, out_dir = Path(pickle_path), Path(out_dir)
     if fmt not in FORMATS:
         raise PipelineError(f"unknown feature pickle format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -693,7 +699,16 @@ def import_features(
     prepared_final = out_dir / "prepared" / corpus
     features_final = out_dir / "features" / corpus
     _check_replaceable(prepared_final, features_final, pickle_path)
+    with output_locks([prepared_final, features_final], STAGE, wait_s):
+        return _import(pickle_path, fmt, corpus, prepared_final, features_final, dev_fraction, seed, text_layers,
+                       dtype)
 
+
+def _import(
+    pickle_path: Path, fmt: str, corpus: str, prepared_final: Path, features_final: Path, dev_fraction: float,
+    seed: int, text_layers: str | None, dtype: str,
+) -> dict[str, Any]:
+    """`import_features` after its checks, with the locks of both outputs held."""
     pickle_sha = sha256_file(pickle_path)
     obj = load_pickle(pickle_path)
     layout = select_layout(obj, fmt, corpus, pickle_path)

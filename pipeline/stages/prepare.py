@@ -16,14 +16,20 @@ from typing import Any
 
 from pipeline import __version__
 from pipeline.core.atomic import atomic_output_dir
-from pipeline.corpora import get_corpus
+from pipeline.corpora import CorpusSpec, get_corpus
 from pipeline.core.errors import PipelineError
+from pipeline.core.locks import output_lock
 from pipeline.core.outputs import check_output
 from pipeline.formats.manifest import MANIFEST_FILE, build_summary, write_manifest, write_summary_and_report
 
 
-def prepare_corpus(corpus: str, root: Path, out_dir: Path, label_policy: str | None = None) -> dict[str, Any]:
-    """Read `root` with the reader of `corpus` and write the manifest and summary to `out_dir`."""
+def prepare_corpus(
+    corpus: str, root: Path, out_dir: Path, label_policy: str | None = None, wait_s: float = 0.0
+) -> dict[str, Any]:
+    """Read `root` with the reader of `corpus` and write the manifest and summary to `out_dir`.
+
+    The run holds `out_dir`'s lock (`pipeline.core.locks`) from after the output check to the end,
+    waiting up to `wait_s` seconds for another run on it."""
     spec = get_corpus(corpus)
     policy = label_policy or spec.default_policy
     if policy not in spec.label_policies:
@@ -34,6 +40,11 @@ def prepare_corpus(corpus: str, root: Path, out_dir: Path, label_policy: str | N
     if not root.exists():
         raise PipelineError(f"{root}: raw corpus folder does not exist (set --root to where {corpus} was unpacked)")
     check_output(out_dir, "prepare", [("--root", root)])  # before the (long) read
+    with output_lock(out_dir, "prepare", wait_s):
+        return _prepare(spec, corpus, root, Path(out_dir), policy)
+
+
+def _prepare(spec: CorpusSpec, corpus: str, root: Path, out_dir: Path, policy: str) -> dict[str, Any]:
     result = spec.read(root, policy)
     if not result.utterances:
         raise PipelineError(f"{root}: the {corpus} reader found no utterance to keep under policy {policy!r}")

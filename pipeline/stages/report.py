@@ -37,6 +37,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from pipeline.core.atomic import atomic_output_dir
+from pipeline.core.locks import output_lock
 from pipeline.core.outputs import check_output
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import MODALITIES
@@ -600,12 +601,20 @@ def render_markdown(corpus: str, sections: list[Section], sources: list[str]) ->
 
 
 def write_run_report(
-    corpus: str, prepared: Path, features: Path, train: Path, evaluation: Path, out: Path
+    corpus: str, prepared: Path, features: Path, train: Path, evaluation: Path, out: Path, wait_s: float = 0.0
 ) -> list[Path]:
-    """Write out/report.html, out/report.md and its .svg figures, all at once or not at all."""
+    """Write out/report.html, out/report.md and its .svg figures, all at once or not at all; the run
+    holds `out`'s lock (`pipeline.core.locks`), waiting up to `wait_s` seconds for another run on it."""
     prepared, features, train, evaluation, out = map(Path, (prepared, features, train, evaluation, out))
     check_output(out, "report", [("--prepared", prepared), ("--features", features), ("--train", train),
                                  ("--eval", evaluation)])
+    with output_lock(out, "report", wait_s):
+        return _write_run_report(corpus, prepared, features, train, evaluation, out)
+
+
+def _write_run_report(
+    corpus: str, prepared: Path, features: Path, train: Path, evaluation: Path, out: Path
+) -> list[Path]:
     run = load_inputs(corpus, prepared, features, train, evaluation)
     sections = build_sections(run)
     sources = [str(p) for p in (prepared, features, train, evaluation)]

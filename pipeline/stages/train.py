@@ -50,6 +50,7 @@ from model.cmath import CMATH, CMATHConfig
 from pipeline.core.atomic import atomic_write_bytes, write_marker
 from pipeline.core.errors import PipelineError, one_line
 from pipeline.core.fingerprint import sha256_file
+from pipeline.core.locks import output_lock
 from pipeline.core.outputs import check_output
 from pipeline.core.params import (
     MODALITIES,
@@ -77,6 +78,7 @@ from pipeline.training.loop import (
     MIXED_PRECISION,
     SCHEDULERS,
     dialogue_loader,
+    is_main_launch_process,
     lr_schedule,
     make_accelerator,
     score,
@@ -296,6 +298,7 @@ def train(
     on_epoch_end: Callable[[int], None] | None = None,
     log: Callable[[str], None] | None = None,
     params_file: Path | None = None,
+    wait_s: float = 0.0,
 ) -> dict[str, Any]:
     """Train one model (seed `config.seed`) into `out`; returns the content of `out/metrics.json`.
 
@@ -303,10 +306,31 @@ def train(
     `on_epoch_end(epoch)` is called after each epoch's `last` state is saved (tests stop a run there).
     `out` must not overlap an input (`prepared`, `features`, `params_file`, the file the config came
     from) and must be absent, empty or a training folder (`check_train_output`), checked first; it
-    is marked as `mer train`'s output just before the first epoch.
+    is marked as `mer train`'s output just before the first epoch. The run holds `out`'s lock
+    (`pipeline.core.locks`; in a multi-process run the main process does) from after that check to the
+    end, waiting up to `wait_s` seconds for another run on it.
     """
     out = Path(out)
     check_train_output(out, prepared, features, params_file)
+    with output_lock(out, STAGE, wait_s, enabled=is_main_launch_process()):
+        return _train(corpus, prepared, features, out, config, fresh=fresh, cpu=cpu, feature_shuffle=feature_shuffle,
+                      on_epoch_end=on_epoch_end, log=log)
+
+
+def _train(
+    corpus: str,
+    prepared: Path | str,
+    features: Path | str,
+    out: Path,
+    config: TrainConfig,
+    *,
+    fresh: bool,
+    cpu: bool,
+    feature_shuffle: int | None,
+    on_epoch_end: Callable[[int], None] | None,
+    log: Callable[[str], None] | None,
+) -> dict[str, Any]:
+    """`train` after its output check, with `out`'s lock held."""
     accelerator = make_accelerator(config.mixed_precision, cpu)
     say = log or accelerator.print
     data, stats = load_training_data(corpus, prepared, features, config, feature_shuffle)
@@ -427,13 +451,25 @@ def train_seeds(
 ) -> dict[str, Any]:
     """`seeds` runs with seeds seed..seed+seeds-1 into out/seed-<s>/, and out/seeds.json with mean and std."""
     out = Path(out)
-    check_train_output(out, prepared, features, kwargs.get("params_file"))
+    wait_s = kwargs.pop("wait_s", 0.0)
+    params_file = kwargs.pop("params_file", None)
+    check_train_output(out, prepared, features, params_file)
+    with output_lock(out, STAGE, wait_s, enabled=is_main_launch_process()):  # one lock for all the seeds
+        return _train_seeds(corpus, prepared, features, out, config, seeds, params_file, **kwargs)
+
+
+def _train_seeds(
+    corpus: str, prepared: Path | str, features: Path | str, out: Path, config: TrainConfig, seeds: int,
+    params_file: Path | None, **kwargs: Any,
+) -> dict[str, Any]:
+    kwargs = {"fresh": False, "cpu": False, "feature_shuffle": None, "on_epoch_end": None, "log": None, **kwargs}
     if PartialState().is_main_process:
         _mark(out)
     seed_list = [config.seed + k for k in range(seeds)]
-    runs = [
-        train(corpus, prepared, features, out / f"seed-{s}", replace(config, seed=s), **kwargs) for s in seed_list
-    ]
+    runs = []
+    for s in seed_list:
+        check_train_output(out / f"seed-{s}", prepared, features, params_file)
+        runs.append(_train(corpus, prepared, features, out / f"seed-{s}", replace(config, seed=s), **kwargs))
     keys = [(split, name) for split in ("dev", "test") for name in ("accuracy", "weighted_f1", "macro_f1")]
     values = {f"{s}.{n}": np.array([r[s][n] for r in runs]) for s, n in keys}
     summary = {

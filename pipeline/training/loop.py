@@ -52,6 +52,13 @@ def make_accelerator(mode: str, cpu: bool = False) -> Accelerator:
     return accelerator
 
 
+def is_main_launch_process() -> bool:
+    """Whether this is the main process (rank 0) of the launch, known before any Accelerator exists
+    (from the launcher's RANK, as torch.distributed reads it; a single process is its own main).
+    Only the main process takes an output's lock (`pipeline.core.locks`): it is the one that writes."""
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
 def dialogue_loader(split: SplitData, sampler: DialogueBatchSampler) -> DataLoader:
     """Batches of whole dialogues of `split`, in the order `sampler` gives."""
     return DataLoader(DialogueIndices(split), batch_sampler=sampler, collate_fn=split.collate)

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.corpora import iemocap, meld
-from tests.helpers.faults import IEMOCAP_SUBSET, keep_meld_rows
+from tests.helpers.faults import IEMOCAP_SUBSET, keep_one_meld_dialogue
 
 
 # --- copies of the demo corpus ---------------------------------------------------------------------
@@ -43,8 +43,9 @@ def meld_raw_full(demo_corpus, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def meld_raw(meld_raw_full: Path) -> Path:
-    """A copy of the demo's MELD.Raw, trimmed to dev dialogue 0 (6 utterances, one clip each)."""
-    keep_meld_rows(meld_raw_full, lambda split, row: split == "dev" and row["Dialogue_ID"] == "0")
+    """A copy of the demo's MELD.Raw, trimmed to dev dialogue 0 (6 utterances, one clip each) and one row of
+    train and of test (a split without rows is refused)."""
+    keep_one_meld_dialogue(meld_raw_full)
     return meld_raw_full
 
 

@@ -36,7 +36,7 @@ from pipeline.core.atomic import write_marker
 from pipeline.core.outputs import MARKER_FILE, OutputPathError, read_marker
 from pipeline.corpora.meld import RELEASE_DIR as MELD_RELEASE_DIR
 from pipeline.formats.manifest import SUMMARY_FILE, CorpusReadResult, Utterance, build_summary, read_manifest
-from tests.helpers.faults import assert_one_line_error, keep_meld_rows, run_cli, section
+from tests.helpers.faults import assert_one_line_error, keep_one_meld_dialogue, run_cli, section
 from tests.helpers.train_corpus import LABELS, make_corpus
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("one_torch_thread")]
@@ -81,7 +81,7 @@ def world(tmp_path_factory, demo_corpus, tiny_models) -> World:
     demo_root, _ = demo_corpus
     raw = root / "raw" / MELD_RELEASE_DIR
     shutil.copytree(demo_root / MELD_RELEASE_DIR, raw)
-    keep_meld_rows(raw, lambda split, row: split == "dev" and row["Dialogue_ID"] == "0")
+    keep_one_meld_dialogue(raw)
     model = root / "models" / "roberta-tiny"
     shutil.copytree(tiny_models["text"], model)
     params = root / "project" / "params.yaml"

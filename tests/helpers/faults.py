@@ -54,6 +54,19 @@ def keep_meld_rows(raw: Path, keep) -> None:
         write_meld_csv(raw / name, header, [r for r in rows if keep(split, r)])
 
 
+def keep_one_meld_dialogue(raw: Path) -> None:
+    """Trim a MELD.Raw copy to dev dialogue 0 (six utterances), plus the first row of train and of test:
+    the reader refuses a split CSV without rows, so no split may be emptied."""
+    first: dict[str, tuple[str, str]] = {}
+
+    def keep(split: str, row: dict[str, str]) -> bool:
+        if split == "dev":
+            return row["Dialogue_ID"] == "0"
+        return first.setdefault(split, (row["Dialogue_ID"], row["Utterance_ID"])) == (row["Dialogue_ID"], row["Utterance_ID"])
+
+    keep_meld_rows(raw, keep)
+
+
 def meld_clip(raw: Path, split: str, dialogue: int, utterance: int) -> Path:
     return raw / CLIP_FOLDERS[split] / f"dia{dialogue}_utt{utterance}.mp4"
 
