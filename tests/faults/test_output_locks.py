@@ -33,7 +33,7 @@ import yaml
 from pipeline.core.locks import OutputLock, lock_path
 from pipeline.corpora.meld import RELEASE_DIR as MELD_RELEASE_DIR
 from tests.faults.test_output_safety import SMALL_DEMO, TRAIN, _write_summary, write_feature_pickle
-from tests.helpers.faults import assert_one_line_error, keep_meld_rows, run_cli, section
+from tests.helpers.faults import assert_one_line_error, keep_one_meld_dialogue, run_cli, section
 from tests.helpers.train_corpus import make_corpus
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("one_torch_thread")]
@@ -62,8 +62,7 @@ def world(tmp_path_factory, demo_corpus, tiny_models) -> World:
     demo_root, _ = demo_corpus
     raw = root / "raw" / MELD_RELEASE_DIR
     shutil.copytree(demo_root / MELD_RELEASE_DIR, raw)
-    first: dict[str, str] = {}  # one dialogue per split (a split without rows is refused)
-    keep_meld_rows(raw, lambda split, row: first.setdefault(split, row["Dialogue_ID"]) == row["Dialogue_ID"])
+    keep_one_meld_dialogue(raw)
     params = root / "params.yaml"
     params.write_text(yaml.safe_dump({
         "demo": SMALL_DEMO,
