@@ -11,6 +11,19 @@ overlaps the model:
 ``size_hint(row)`` is what the runner sorts a shard's rows by before batching (length bucketing),
 computed from the manifest alone so batches are known before anything is decoded.
 
+An extractor that must learn from the data before it can encode (``needs_fit = True``: ``tfidf``
+learns a vocabulary and a projection; a fine-tuned encoder would learn weights) has an optional fit
+step of three methods, run by the extract stage before any shard is encoded:
+
+- ``fit_inputs(train_rows)``: exactly what the fit will see, as JSON-able values, built from the
+  train split's rows only (the stage passes no other rows, so dev and test cannot leak in);
+- ``fit(inputs) -> FittedState``: learn from those inputs alone (JSON info + named tensors);
+- ``load_fitted(state)``: make ``encode`` use a state, fresh or read back from the store.
+
+``fit_sha256`` hashes the inputs with the extractor, its version, its weights and the params that
+shape the fit (``fit_params``): the store records it and the state's own hash, so a changed train
+split or a changed param refits and redoes every shard, while dev or test edits do not refit.
+
 Registering: decorate the class with ``@register_extractor``; ``get_extractor(name)`` imports the
 ``extractors.<name>`` module on demand, so adding an extractor is adding a module.
 """
@@ -19,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import os
 import socket
 import sys
@@ -34,6 +48,7 @@ import torch
 from pipeline.core.errors import PipelineError, one_line
 from pipeline.core.fingerprint import sha256_file
 from pipeline.core.params import ParamError, require_choice
+from pipeline.formats.feature_store import FittedState  # the fit step's result, as the store saves it
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
@@ -104,6 +119,8 @@ class Extractor(ABC):
     modality: ClassVar[str]  # "text" | "audio" | "face"
     version: ClassVar[str]  # bump when the same model and params would give different features
     config_class: ClassVar[type[ExtractorConfig]]
+    needs_fit: ClassVar[bool] = False  # True: fitted on the train split before encoding (the fit step)
+    fit_needs: ClassVar[str] = "input"  # what a train row must have to be fitted on, for messages
 
     def __init__(self, config: ExtractorConfig, raw_root: Path, device: torch.device) -> None:
         self.config = config
@@ -118,10 +135,30 @@ class Extractor(ABC):
     @property
     @abstractmethod
     def model_sha256(self) -> str:
-        """Hash of the weights actually loaded (see `weights_sha256`)."""
+        """Hash of the weights actually loaded (see `weights_sha256`); "" for an extractor that loads
+        no pretrained weights (a fitted state is hashed on its own, see the fit step)."""
 
     def plan(self, rows: Sequence[dict[str, Any]]) -> None:
         """See the whole manifest before decoding starts (the text extractor builds dialogue context)."""
+
+    # ---- the optional fit step (see the module docstring); only for needs_fit = True ----
+    def fit_inputs(self, train_rows: Sequence[dict[str, Any]]) -> list[Any]:
+        """What `fit` learns from, JSON-able and built from these train rows only; [] = nothing to fit on."""
+        raise NotImplementedError(f"extractor {self.name!r} has no fit step")
+
+    def fit_params(self) -> dict[str, Any]:
+        """The params that change what `fit` learns: by default every field the config adds to
+        ExtractorConfig (batch size, shard size, dtype and device do not refit)."""
+        common = {f.name for f in fields(ExtractorConfig)}
+        return {k: v for k, v in self.config.recorded_params().items() if k not in common}
+
+    def fit(self, inputs: list[Any]) -> FittedState:
+        """Learn from `inputs` (from `fit_inputs`) and nothing else; deterministic for the same inputs."""
+        raise NotImplementedError(f"extractor {self.name!r} has no fit step")
+
+    def load_fitted(self, state: FittedState) -> None:
+        """Use `state` from now on; `encode` needs it. The stage always passes the state as stored."""
+        raise NotImplementedError(f"extractor {self.name!r} has no fit step")
 
     @abstractmethod
     def size_hint(self, row: dict[str, Any]) -> float:
@@ -142,11 +179,24 @@ class Extractor(ABC):
         return [order[i : i + size] for i in range(0, len(order), size)]
 
 
+def fit_sha256(extractor: Extractor, inputs: list[Any]) -> str:
+    """Identity of a fit: the extractor, its version and weights, its fit params and the exact inputs.
+
+    The inputs' order is part of it: an extractor whose fit does not depend on order returns them
+    sorted (``tfidf`` does, so reordering a manifest does not refit).
+    """
+    record = {"extractor": extractor.name, "version": extractor.version, "model_sha256": extractor.model_sha256,
+              "params": extractor.fit_params(), "inputs": inputs}
+    text = json.dumps(record, sort_keys=True, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 E = TypeVar("E", bound=type[Extractor])
 _REGISTRY: dict[str, type[Extractor]] = {}
 DEFAULT_EXTRACTORS = {"text": "roberta", "audio": "wav2vec2", "face": "facenet"}
 # the module that defines each built-in extractor (imported on first use)
-_MODULES = {"roberta": "extractors.text", "wav2vec2": "extractors.audio", "facenet": "extractors.face"}
+_MODULES = {"roberta": "extractors.text", "wav2vec2": "extractors.audio", "facenet": "extractors.face",
+            "tfidf": "extractors.tfidf"}
 
 
 def register_extractor(cls: E) -> E:

@@ -7,8 +7,8 @@ Decoder (DataLoader worker, CPU, no model)
     slices of the span ``video_start_s..video_end_s`` (``None`` = start / end of the clip); each
     timestamp takes the frame on screen then (the last frame starting at or before it), a frame
     picked twice is kept once. Only the speaker's part of the frame is kept (``video_region``:
-    IEMOCAP shows F on the left half and M on the right, see ``SPEAKER_FRAME_SIDE`` in
-    pipeline/corpora/iemocap.py; MELD uses the full frame), downscaled with INTER_AREA so its
+    IEMOCAP shows the actor of the dialogue's session letter on the left half and the other on the
+    right, see ``speaker_frame_side`` in pipeline/corpora/iemocap.py; MELD uses the full frame), downscaled with INTER_AREA so its
     longer side is at most ``max_side``. At most ``max_frames`` uint8 frames per utterance cross
     the process boundary, so memory is bounded whatever the clip length.
 
@@ -440,7 +440,9 @@ class FaceNetExtractor(Extractor):
 
     name = "facenet"
     modality = "face"
-    version = "1"
+    # 2: IEMOCAP's speaker half follows the release's rule (the session letter's actor on the left);
+    # stores made under version 1 (F left everywhere) took half the corpus's faces from the listener
+    version = "2"
     config_class = FaceConfig
 
     def __init__(self, config: FaceConfig, raw_root: Path, device: torch.device) -> None:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.batch import IGNORE_LABEL, DialogueBatch
+from model.common import DialogueModelOutput, checked_input_dims, is_int, is_number
 
 FUSION_METHODS = ("poe", "concat")
 LOSS_NAMES = ("ce", "uni", "kd", "feat", "rec", "vae")
@@ -39,14 +40,6 @@ _FLAGS = (
     "use_speaker_embedding", "use_positional_encoding", "use_reconstruction", "use_cross_modal_attention",
     "use_logit_distillation", "use_feature_distillation", "use_unimodal_losses",
 )
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -84,56 +77,49 @@ class CMATHConfig:
     class_weights: list[float] | None = None  # per-class weights of "ce" and "uni"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.input_dims, dict) or not self.input_dims:
-            raise ValueError("input_dims must be a non-empty dict {modality: feature width}, e.g. {'text': 1024}")
-        for name, dim in self.input_dims.items():
-            if not isinstance(name, str) or not name:
-                raise ValueError(f"input_dims keys must be non-empty modality names, got {name!r}")
-            if not _is_int(dim) or dim <= 0:
-                raise ValueError(f"input_dims[{name!r}] must be a positive integer, got {dim!r}")
-        self.input_dims = dict(self.input_dims)
+        self.input_dims = checked_input_dims(self.input_dims)
         if self.central_modality not in self.input_dims:
             raise ValueError(
                 f"central_modality {self.central_modality!r} is not one of the modalities in input_dims "
                 f"{list(self.input_dims)}"
             )
-        if not _is_int(self.num_classes) or self.num_classes < 2:
+        if not is_int(self.num_classes) or self.num_classes < 2:
             raise ValueError(f"num_classes must be an integer >= 2, got {self.num_classes!r}")
         min_speakers = 1 if self.use_speaker_embedding else 0
-        if not _is_int(self.num_speakers) or self.num_speakers < min_speakers:
+        if not is_int(self.num_speakers) or self.num_speakers < min_speakers:
             raise ValueError(
                 f"num_speakers must be an integer >= {min_speakers} (use_speaker_embedding="
                 f"{self.use_speaker_embedding}), got {self.num_speakers!r}"
             )
         for name in ("hidden_size", "num_layers", "num_heads"):
             value = getattr(self, name)
-            if not _is_int(value) or value <= 0:
+            if not is_int(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
             )
-        if self.intermediate_size is not None and (not _is_int(self.intermediate_size) or self.intermediate_size <= 0):
+        if self.intermediate_size is not None and (not is_int(self.intermediate_size) or self.intermediate_size <= 0):
             raise ValueError(f"intermediate_size must be a positive integer or None, got {self.intermediate_size!r}")
         if self.reconstruction_width is not None and (
-            not _is_int(self.reconstruction_width) or not 0 < self.reconstruction_width <= self.hidden_size
+            not is_int(self.reconstruction_width) or not 0 < self.reconstruction_width <= self.hidden_size
         ):
             raise ValueError(
                 f"reconstruction_width must be an integer in [1, hidden_size={self.hidden_size}] (it is a "
                 f"compression) or None, got {self.reconstruction_width!r}"
             )
-        if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
+        if not is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.fusion not in FUSION_METHODS:
             raise ValueError(f"fusion must be one of {FUSION_METHODS}, got {self.fusion!r}")
         for name in _FLAGS:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if not _is_number(self.temperature) or self.temperature <= 0:
+        if not is_number(self.temperature) or self.temperature <= 0:
             raise ValueError(f"temperature must be a positive number, got {self.temperature!r}")
         for name in ("w_uni", "w_kd", "w_feat", "w_rec", "w_vae"):
             value = getattr(self, name)
-            if not _is_number(value) or value < 0:
+            if not is_number(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.class_weights is not None:
             weights = list(self.class_weights)
@@ -141,7 +127,7 @@ class CMATHConfig:
                 raise ValueError(
                     f"class_weights has {len(weights)} entries but num_classes is {self.num_classes}"
                 )
-            if not all(_is_number(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+            if not all(is_number(w) and w >= 0 for w in weights) or sum(weights) <= 0:
                 raise ValueError(f"class_weights must be finite numbers >= 0, not all zero, got {weights!r}")
             self.class_weights = [float(w) for w in weights]
 
@@ -180,8 +166,9 @@ class CMATHConfig:
 
 
 @dataclass
-class CMATHOutput:
-    """What forward() returns. B dialogues, N utterances, C classes.
+class CMATHOutput(DialogueModelOutput):
+    """What forward() returns: every model's output (`model.common`) plus CMATH's representations.
+    B dialogues, N utterances, C classes.
 
     logits:              [B, N, C] fused classifier; the prediction is its argmax
     modality_logits:     {modality: [B, N, C]}; empty when neither "uni" nor "kd" is enabled
@@ -191,16 +178,8 @@ class CMATHOutput:
     coarse_representation: [B, N, D] fused representation fed to the fused classifier
     """
 
-    logits: torch.Tensor
-    modality_logits: dict[str, torch.Tensor]
-    losses: dict[str, torch.Tensor]
-    loss: torch.Tensor | None = None
     fine_representations: dict[str, torch.Tensor] = field(default_factory=dict)
     coarse_representation: torch.Tensor | None = None
-
-    @property
-    def probabilities(self) -> torch.Tensor:
-        return self.logits.float().softmax(dim=-1)
 
 
 # --------------------------------------------------------------------------------------------------

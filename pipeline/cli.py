@@ -83,9 +83,14 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from pipeline.stages.train import TrainConfig, load_train_config, train, train_seeds
 
     config = load_train_config(args.params, args.corpus)
-    if args.seed is not None:
-        config = section_to_dataclass(TrainConfig, {**asdict(config), "seed": args.seed}, f"{args.params}:train",
-                                      sources={"seed": "--seed"})
+    overrides = {key: value for key, value in (("seed", args.seed), ("split", args.split)) if value is not None}
+    sources = {key: f"--{key}" for key in overrides}
+    if args.model is not None:
+        overrides["model"] = {**config.model, "name": args.model}
+        sources["model.name"] = "--model"
+    if overrides:
+        config = section_to_dataclass(TrainConfig, {**asdict(config), **overrides}, f"{args.params}:train",
+                                      sources=sources)
     if args.seeds < 1:
         raise PipelineError(f"--seeds must be at least 1, got {args.seeds}")
     kwargs = {"fresh": args.fresh, "cpu": args.cpu, "feature_shuffle": args.feature_shuffle, "params_file": args.params,
@@ -126,11 +131,18 @@ def _cmd_lineage(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.paths]
     if args.json:  # before the trace: a --json that is an input, a folder or another file is refused at once
         check_json_target(Path(args.json), [Path(args.project) / p for p in paths])  # PATHs are read from --project
-    lineage = trace(paths or None, project=Path(args.project))
+    lineage = trace(paths or None, project=Path(args.project), rehash=args.rehash)
     print(describe(lineage))
     if args.json:
         write_json(lineage, Path(args.json), project=Path(args.project))
     return 1 if lineage.broken else 0
+
+
+def _cmd_aggregate(args: argparse.Namespace) -> None:
+    from pipeline.stages.aggregate import aggregate, describe
+
+    print(describe(aggregate([Path(p) for p in args.runs], Path(args.out))))
+    print(f"written to {args.out}")
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
@@ -221,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.set_defaults(func=_cmd_import_features)
 
     trn = sub.add_parser(
-        "train", help="train CMATH on one corpus's manifest and feature stores (resumes an interrupted run)"
+        "train", help="train a model (train.model.name: cmath or a baseline) on one corpus's manifest and feature "
+        "stores (resumes an interrupted run)"
     )
     trn.add_argument("--corpus", required=True, choices=sorted(corpora), help="selects the train.<corpus> overrides")
     trn.add_argument("--prepared", required=True, help="the prepared corpus folder (holds manifest.parquet)")
@@ -230,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     trn.add_argument("--out", required=True, help="output folder: best/, last/, dvclive/, metrics.json")
     trn.add_argument("--params", type=Path, default=Path("params.yaml"), help="params.yaml with the `train` section")
     trn.add_argument("--seed", type=int, help="override train.seed")
+    trn.add_argument("--model", help="override train.model.name: cmath, mlp, bigru or late_fusion")
+    trn.add_argument("--split", help="override train.split: release, or a split scheme the manifest offers "
+                     "(IEMOCAP: loso-1..loso-5, the leave-one-session-out folds)")
     trn.add_argument("--seeds", type=int, default=1,
                      help="N runs with seeds seed..seed+N-1 into OUT/seed-<s>/, and OUT/seeds.json with mean and std")
     trn.add_argument("--fresh", action="store_true", help="ignore a resumable OUT/last and start from epoch 1")
@@ -263,7 +279,15 @@ def build_parser() -> argparse.ArgumentParser:
                      "files declared in dvc.yaml")
     lin.add_argument("--json", metavar="FILE", help="also write the chain and its checks as JSON")
     lin.add_argument("--project", default=".", help="the DVC project (for dvc.yaml / dvc.lock); default: .")
+    lin.add_argument("--rehash", action="store_true",
+                     help="reread every raw file and compare its content hash, even where size and mtime "
+                     "are unchanged (default: those are taken as unchanged)")
     lin.set_defaults(func=_cmd_lineage)
+
+    agg = sub.add_parser("aggregate", help="many runs' metrics.json (folds, seeds) -> one table: mean +- std per score")
+    agg.add_argument("runs", nargs="+", metavar="RUN", help="a metrics.json of `mer train` or `mer evaluate`, or its folder")
+    agg.add_argument("--out", required=True, help="the results table (JSON, a DVC metric); an earlier one is replaced")
+    agg.set_defaults(func=_cmd_aggregate)
 
     rep = sub.add_parser("report", help="render one corpus's run as a self-contained HTML page and Markdown")
     rep.add_argument("--corpus", required=True, choices=sorted(corpora))

@@ -11,6 +11,8 @@ policy's manifest can therefore have gaps where turns were excluded.
 
 from __future__ import annotations
 
+import hashlib
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -74,20 +76,41 @@ SPLIT_RULE = (
     "Sessions 1-4 train, Session 5 test; dev = 12 fixed dialogues of Sessions 1-4 "
     f"({', '.join(sorted(DEV_DIALOGUES))})"
 )
+# Leave-one-session-out folds, offered beside the release split as the manifest's split schemes
+# "loso-1".."loso-5" (the trainer's `train.split`): fold k tests on Session k; dev takes, from each
+# other session, its ceil(DEV_SHARE x dialogues) dialogues of smallest sha256(dialogue id), a fixed
+# pick that spreads dev over sessions and actors (on the real corpus 3 per session: 12, like the
+# release split's dev); the rest train.
+DEV_SHARE = 0.1
+LOSO_RULE = (
+    "leave-one-session-out: fold k tests on Session k; dev = from each other session its "
+    f"ceil({DEV_SHARE} x dialogues) dialogues of smallest sha256(dialogue id); the rest train"
+)
 
-# Which half of the two-actor dialogue video shows each speaker. This is the demo corpus's
-# convention, an assumption to verify on real IEMOCAP data before trusting face crops.
-SPEAKER_FRAME_SIDE = {"F": "left", "M": "right"}
+# Which half of the two-actor dialogue video shows the speaker. The release's avi files put the actor
+# whose gender is the dialogue's session letter on the left (Ses01F_*: F left; Ses01M_*: M left) and
+# the other actor on the right: the rule of the public preprocessing of the real videos (MERBench's
+# toolkit/preprocess/iemocap.py in zeroQiaoba/MERTools, and EmoBox-based chunking scripts agree).
+FRAME_SIDE_RULE = "the actor of the dialogue's session letter (Ses01F_*: F) on the left, the other on the right"
 
-_NUM = r"[-+]?\d+(?:\.\d*)?"
+
+def speaker_frame_side(utterance_id: str) -> str:
+    """"left" or "right": the half of the dialogue video that shows the speaker of `utterance_id`
+    (a valid turn id, `Ses01M_impro01_F003`: the dialogue's letter M, the speaker F: right)."""
+    match = _UTTERANCE_ID.match(utterance_id)
+    if match is None:
+        raise ValueError(f"{utterance_id!r} is not an IEMOCAP turn id")
+    return "left" if match["gender"] == utterance_id[5] else "right"
+
+_NUM = r"[-+]?[0-9]+(?:\.[0-9]*)?"
 _SUMMARY_LINE = re.compile(
     rf"^\[\s*(?P<start>{_NUM})\s*-\s*(?P<end>{_NUM})\s*\]\s+(?P<id>\S+)\s+(?P<label>\S+)\s+"
     rf"\[\s*(?P<v>{_NUM})\s*,\s*(?P<a>{_NUM})\s*,\s*(?P<d>{_NUM})\s*\]\s*$"
 )
-_VOTE_LINE = re.compile(r"^(?P<kind>[CA])-(?P<who>[A-Za-z]+\d*)\s*:(?P<body>.*)$")
-_UTTERANCE_ID = re.compile(r"^(?P<dialogue>Ses\d{2}[FM]_\S+)_(?P<gender>[FM])\d+$")
-_NO_SPEAKER_ID = re.compile(r"^Ses\d{2}[FM]_\S+_[FM]XX\d*$")
-_ID_BEARING = re.compile(r"^Ses\d{2}[FM]_")
+_VOTE_LINE = re.compile(r"^(?P<kind>[CA])-(?P<who>[A-Za-z]+[0-9]*)\s*:(?P<body>.*)$")
+_UTTERANCE_ID = re.compile(r"^(?P<dialogue>Ses[0-9]{2}[FM]_\S+)_(?P<gender>[FM])[0-9]+$")
+_NO_SPEAKER_ID = re.compile(r"^Ses[0-9]{2}[FM]_\S+_[FM]XX[0-9]*$")
+_ID_BEARING = re.compile(r"^Ses[0-9]{2}[FM]_")
 _TRANSCRIPT_LINE = re.compile(
     rf"^(?P<id>Ses[^\s\[]+)\s*\[\s*{_NUM}\s*-\s*{_NUM}\s*\]\s*:(?P<text>.*)$"
 )
@@ -193,7 +216,24 @@ def read_iemocap(root: Path, label_policy: str) -> CorpusReadResult:
         for label_path in progress(files, f"iemocap Session{session}", total=len(files), unit="dialogue"):
             read_dialogue(ctx, session, label_path, label_policy)
     check_unique_ids(result, source_of=lambda utt: ctx.turn_sources.get(id(utt)))
+    result.split_schemes = loso_folds(sorted({utt.dialogue_id for utt in result.utterances}))
     return result
+
+
+def loso_folds(dialogues: list[str]) -> dict[str, dict[str, list[str]]]:
+    """The five leave-one-session-out splits of `dialogues` (LOSO_RULE): {"loso-k": {"dev", "test"}}."""
+    by_session: dict[int, list[str]] = {}
+    for dialogue in dialogues:
+        by_session.setdefault(int(dialogue[3:5]), []).append(dialogue)
+    folds = {}
+    for fold in SESSIONS:
+        dev = []
+        for session, names in sorted(by_session.items()):
+            if session != fold:
+                ranked = sorted(names, key=lambda name: hashlib.sha256(name.encode()).hexdigest())
+                dev += sorted(ranked[: math.ceil(DEV_SHARE * len(names))])
+        folds[f"loso-{fold}"] = {"dev": dev, "test": sorted(by_session.get(fold, []))}
+    return folds
 
 
 def find_release_root(root: Path) -> Path:
@@ -289,14 +329,20 @@ def split_of(session: int, dialogue_id: str) -> str:
     return "dev" if dialogue_id in DEV_DIALOGUES else "train"
 
 
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
 def read_lines(path: Path) -> list[str]:
-    """The file's lines; a file that is not UTF-8 text is a format error, not a crash."""
+    """The file's lines, broken at \\n, \\r\\n or \\r only: str.splitlines also breaks at U+2028, U+0085,
+    form feeds..., which cut a transcript's text short and shifted every later `file:line`. A file that
+    is not UTF-8 text is a format error, not a crash."""
     raw = path.read_bytes()
     try:
-        return raw.decode("utf-8-sig").splitlines()
+        return _LINE_BREAK.split(raw.decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
         data = exc.object  # what the codec was decoding (after a BOM, if any)
-        line, byte = data.count(b"\n", 0, exc.start) + 1, data[exc.start]
+        line = len(_LINE_BREAK.split(data[: exc.start].decode("utf-8")))  # valid up to the bad byte
+        byte = data[exc.start]
         raise CorpusFormatError(path, f"not UTF-8 text (byte 0x{byte:02x}: {exc.reason})", line) from None
 
 
@@ -348,13 +394,18 @@ def parse_summary_line(path: Path, number: int, line: str, dialogue_id: str) -> 
             f"unknown emotion label {label!r} for {utterance_id}; expected one of {sorted(SUMMARY_LABELS)}",
             number,
         )
+    start, end, *vad = (float(match[name]) for name in ("start", "end", "v", "a", "d"))
+    if not all(math.isfinite(value) for value in (start, end, *vad)):  # 400 digits read as inf
+        raise CorpusFormatError(
+            path, f"number out of range in turn summary line {line!r}: times and VAD values must be finite", number
+        )
     return Turn(
         utterance_id=utterance_id,
         gender=id_match["gender"],
-        start_s=float(match["start"]),
-        end_s=float(match["end"]),
+        start_s=start,
+        end_s=end,
         label=label,
-        vad=(float(match["v"]), float(match["a"]), float(match["d"])),
+        vad=(vad[0], vad[1], vad[2]),
         line=number,
     )
 
@@ -473,7 +524,7 @@ def build_utterance(
         video_path=video.path,
         video_start_s=turn.start_s if video.path else None,
         video_end_s=turn.end_s if video.path else None,
-        video_region=SPEAKER_FRAME_SIDE[turn.gender],
+        video_region=speaker_frame_side(turn.utterance_id),
         has_text=bool(text),
         has_audio=audio.readable,
         has_video=video.readable,

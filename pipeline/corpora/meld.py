@@ -45,8 +45,8 @@ CSV_FILES = {"train": "train_sent_emo.csv", "dev": "dev_sent_emo.csv", "test": "
 CLIP_FOLDERS = {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}
 LONG_SPAN_S = 60.0  # real outliers (305 s, 235 s) are mis-cut clips; flag them for the extractors
 
-_TIME = re.compile(r"^(\d{1,2}):(\d{2}):(\d{2})[,.](\d{1,3})$")
-_CLIP = re.compile(r"^dia(\d+)_utt(\d+)\.mp4$")
+_TIME = re.compile(r"^([0-9]{1,2}):([0-9]{2}):([0-9]{2})[,.]([0-9]{1,3})$")
+_CLIP = re.compile(r"^dia([0-9]+)_utt([0-9]+)\.mp4$")
 
 
 @dataclass
@@ -95,14 +95,18 @@ def parse_time(value: str) -> float:
     return int(hours) * 3600 + int(minutes) * 60 + int(seconds) + int(fraction) / 10 ** len(fraction)
 
 
-_NON_NEGATIVE_INT = re.compile(r"^\d+$")
+_NON_NEGATIVE_INT = re.compile(r"^[0-9]+$")
+MAX_ID = 2**31 - 1  # the manifest stores Utterance_ID as its int32 turn_index (published ids are below 1100)
 
 
 def parse_id(value: str) -> int:
-    """A non-negative integer such as `Dialogue_ID`; `-1`, `1.0`, `+1` and `1_000` are errors, not ids."""
+    """A non-negative integer such as `Dialogue_ID`, at most MAX_ID; `-1`, `1.0`, `+1` and `1_000` are errors,
+    not ids, and so is `99999999999` (it made writing the manifest fail)."""
     text = value.strip()
     if not _NON_NEGATIVE_INT.match(text):
         raise ValueError(f"{value!r} is not a non-negative integer")
+    if len(text.lstrip("0")) > len(str(MAX_ID)) or int(text) > MAX_ID:
+        raise ValueError(f"{text!r} is out of range (ids are at most {MAX_ID})")
     return int(text)
 
 
@@ -146,12 +150,27 @@ def _decode(path: Path) -> tuple[str, set[int]]:
     return "".join(out), lines
 
 
+def _line_of(data: bytes, offset: int) -> int:
+    """The (1-based) line of byte `offset`, counted as the csv module counts them (\\n, \\r\\n or \\r)."""
+    return len(re.split(rb"\r\n|\r|\n", data[:offset]))
+
+
 def _read_csv(path: Path, split: str) -> list[_Row]:
     try:
         text, repaired_lines = _decode(path)
     except UnicodeDecodeError as exc:
-        raise CorpusFormatError(path, f"neither UTF-8 nor cp1252 text ({exc.reason} at byte {exc.start})") from None
+        raise CorpusFormatError(
+            path, f"byte 0x{exc.object[exc.start]:02x} is neither UTF-8 nor cp1252 text", line=_line_of(exc.object, exc.start)
+        ) from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        return _parse_rows(path, split, reader, repaired_lines)
+    except csv.Error as exc:  # "field larger than field limit": an unclosed quote ran on, or a runaway field
+        # DictReader.line_num is the last record's; its csv reader's is the line that failed
+        raise CorpusFormatError(path, f"unreadable CSV ({exc})", line=max(reader.reader.line_num, 1)) from None
+
+
+def _parse_rows(path: Path, split: str, reader: csv.DictReader, repaired_lines: set[int]) -> list[_Row]:
     missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
     if missing:
         raise CorpusFormatError(path, f"missing column(s) {missing}; expected header {','.join(COLUMNS)}", line=1)
@@ -237,11 +256,21 @@ def _scan_clip_folder(folder: Path | None, meld_root: Path, split: str, result: 
         rel = relative_to_root(meld_root, path)
         if path.name.startswith("._"):
             result.ignore("macos_metadata_files", rel)
+        elif path.is_symlink() and not path.exists():  # its utterance is flagged missing_clip
+            result.ignore("broken_symlinks", rel)
         elif (match := _CLIP.match(path.name)) and path.is_file():
             clips[(int(match[1]), int(match[2]))] = path
         else:
             result.ignore("files_not_named_like_clips", rel)
     return clips
+
+
+def _probe_and_hash(clip: Path | None, meld_root: Path) -> MediaProbe | None:
+    """Probe a clip and hash its content (kept in the fingerprint cache for `_media_fields`)."""
+    if clip is None:
+        return None
+    media_fingerprint(meld_root, clip, "media")
+    return probe_media(clip)
 
 
 def _media_fields(utt: Utterance, clip: Path | None, probe: MediaProbe | None, meld_root: Path) -> None:
@@ -322,8 +351,8 @@ def read_meld(root: Path, label_policy: str) -> CorpusReadResult:
         for key in sorted(set(clips) - labelled):
             result.ignore("unlabeled_clips", relative_to_root(meld_root, clips[key]))
         wanted = [clips.get((r.dialogue, r.utterance)) for r in rows]
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            probed = pool.map(lambda p: probe_media(p) if p else None, wanted)
+        with ThreadPoolExecutor(max_workers=4) as pool:  # probing and hashing wait on the disk, not the GIL
+            probed = pool.map(lambda clip: _probe_and_hash(clip, meld_root), wanted)
             probes = list(progress(probed, f"meld {split}: probing clips", total=len(wanted), unit="clip"))
         for row, clip, probe in zip(rows, wanted, probes):
             utt = _utterance(row, labels, label_policy, csv_fp)

@@ -1,9 +1,10 @@
 """The IEMOCAP_full_release layout: per dialogue an EmoEvaluation file, a transcription, one wav
 per turn and one DivX avi of the whole dialogue.
 
-Demo convention for the video: the frame is split side by side; the LEFT half shows the F actor,
-the RIGHT half the M actor (mirrored). During a turn the speaker's half shows the face with that
-turn's emotion; the listener's half, and both halves between turns, show the untinted face.
+The video follows the real release: the frame is split side by side; the LEFT half shows the actor
+whose gender is the dialogue's session letter (Ses01F_*: F, Ses01M_*: M), the RIGHT half the other
+actor (mirrored). During a turn the speaker's half shows the face with that turn's emotion; the
+listener's half, and both halves between turns, show the untinted face.
 
 Planted for the reader: F turns listed before M turns in EmoEvaluation, `xxx` turns that the
 self-assessment rule relabels `hap` and ones it must not, excluded labels (xxx, oth, sur, fea),
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from pipeline.demo.corpus import DemoConfig
 
 # The release's names and the dev split, stated here on purpose and NOT imported from the reader
-# (pipeline.corpora.iemocap: RELEASE_DIR, LABEL_DIR..., DEV_DIALOGUES, SPEAKER_FRAME_SIDE): the demo
+# (pipeline.corpora.iemocap: RELEASE_DIR, LABEL_DIR..., DEV_DIALOGUES, speaker_frame_side): the demo
 # is the independent writer the reader is tested against, so a wrong name or dev list in either one
 # fails the tests instead of agreeing with itself. The same holds for every path this module writes.
 ROOT = "IEMOCAP_full_release"
@@ -55,7 +56,12 @@ TEST_POOL = (
     "Ses05M_script01_1b", "Ses05F_impro03", "Ses05M_impro04",
     "Ses05F_script02_1", "Ses05M_impro08", "Ses05F_script03_2",
 )
-VIDEO_HALF = {"F": "left", "M": "right"}  # the reader's SPEAKER_FRAME_SIDE, stated independently
+VIDEO_HALF_RULE = "session letter's actor left"  # the reader's speaker_frame_side, stated independently
+
+
+def video_half(dialogue: str, speaker: str) -> str:
+    """The half showing `speaker` ("F"/"M") in `dialogue`: the dialogue letter's actor is on the left."""
+    return "left" if speaker == dialogue[5] else "right"
 
 _CATEGORY = {
     "neu": "Neutral", "hap": "Happiness", "sad": "Sadness", "ang": "Anger", "exc": "Excited",
@@ -140,7 +146,7 @@ def write_iemocap(out_dir: Path, config: DemoConfig) -> tuple[list[dict[str, Any
     for turn in all_turns:
         _fill_turn(turn, config.seed)
 
-    quirks: dict[str, Any] = {"junk_files": [], "transcription_junk_lines": [], "video_halves": VIDEO_HALF}
+    quirks: dict[str, Any] = {"junk_files": [], "transcription_junk_lines": [], "video_halves": VIDEO_HALF_RULE}
     for position, (name, turns) in enumerate(turns_by_dialogue.items()):
         session_dir = out_dir / ROOT / f"Session{turns[0].session}"
         _write_evaluation(session_dir / "dialog" / "EmoEvaluation", name, turns, config.seed)
@@ -303,19 +309,21 @@ def _write_dialogue_video(path: Path, turns: list[_Turn], config: DemoConfig) ->
 
 
 def _dialogue_frames(turns: list[_Turn], config: DemoConfig, n_frames: int) -> Iterator[np.ndarray]:
-    """F on the left, M (mirrored) on the right; only the speaker's face carries the turn's emotion."""
+    """The dialogue letter's actor on the left, the other (mirrored) on the right; only the speaker's
+    face carries the turn's emotion."""
     width, height = config.iemocap_frame_size
     half = width // 2
     rng = rng_for(config.seed, "iemocap", turns[0].dialogue, "set")
     face_height = int(height * 0.87)
     backgrounds = {side: rng.integers(60, 160, 3).astype(np.uint8) for side in ("F", "M")}
-    neutral = {side: render_face(PROTOTYPES["neutral"], face_height, rng, mirror=side == "M") for side in ("F", "M")}
+    on_right = {side: video_half(turns[0].dialogue, side) == "right" for side in ("F", "M")}
+    neutral = {side: render_face(PROTOTYPES["neutral"], face_height, rng, mirror=on_right[side]) for side in ("F", "M")}
     looks = {
         turn.name: render_face(
             PROTOTYPES[turn.signal],
             face_height,
             rng_for(config.seed, "iemocap", turn.name, "face"),
-            mirror=turn.speaker == "M",
+            mirror=on_right[turn.speaker],
         )
         for turn in turns
     }
@@ -324,7 +332,8 @@ def _dialogue_frames(turns: list[_Turn], config: DemoConfig, n_frames: int) -> I
         ticks = index * _TICKS_PER_S // config.fps
         speaking = next((t for t in turns if t.start <= ticks < t.end), None)
         canvas = np.empty((height, width, 3), np.uint8)
-        for side, offset in (("F", 0), ("M", half)):
+        for side in ("F", "M"):
+            offset = half if on_right[side] else 0
             region = canvas[:, offset : offset + half]
             region[:] = backgrounds[side]
             face = looks[speaking.name] if speaking is not None and speaking.speaker == side else neutral[side]
@@ -349,5 +358,5 @@ def _truth(turn: _Turn) -> dict[str, Any]:
         "end_s": turn.end / _TICKS_PER_S,
         "wav": turn.wav,
         "video": turn.video,
-        "video_half": VIDEO_HALF[turn.speaker],
+        "video_half": video_half(turn.dialogue, turn.speaker),
     }

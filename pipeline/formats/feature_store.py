@@ -8,6 +8,8 @@ One folder per (corpus, modality), e.g. ``data/features/meld/audio/``::
     shard-00001.safetensors   ...
     availability.safetensors  the trainer's mask for this modality, in manifest order
     report.json               counts, and every utterance that is missing or flagged, with its reason
+    fitted.safetensors        only for a fitted extractor (e.g. ``tfidf``): what it learned from the
+                              train split, written before any shard
     index.json                written last: the store is finished only when it exists
     .lock                     empty; flock()ed by the writer for its whole lifetime, never data
     .mer-output.json          the stage that writes the store (`pipeline.core.outputs`), written first
@@ -23,7 +25,7 @@ the JSON::
     {"format_version": 1,
      "store": {"corpus", "modality", "extractor", "extractor_version", "model_id", "model_sha256",
                "manifest_sha256", "params": {...}, "dtype", "shard_size", "plan_sha256",
-               "num_utterances"},
+               "num_utterances", "fitted": {...} (fitted extractors only, see below)},
      "shard": {"index": k, "utterance_ids": [the planned ids of shard k, in order],
                "missing": {id: reason}, "flagged": {id: reason}}}
 
@@ -52,12 +54,28 @@ lists in manifest order; "flagged" counts stored utterances with a flag (in = ou
 tensor, in manifest order; metadata key ``"mer_availability"`` = JSON
 ``{"store": {...}, "utterance_ids": [N ids]}``.
 
+``fitted.safetensors`` (a `FittedState`; safetensors, never a pickle): the extractor's learned arrays
+as named tensors (``tfidf``: ``idf`` [V], ``components`` [width, V]), and one metadata key,
+``"mer_fitted"``, whose value is the JSON::
+
+    {"format_version": 1, "fit_sha256": ..., "num_inputs": n, "info": {...}}
+
+``info`` is the extractor's JSON part (``tfidf``: the vocabulary in column order, its settings);
+``fit_sha256`` identifies what it was fitted on (`extractors.base.fit_sha256`: the extractor, its
+version, the params that shape the fit and the exact train-split inputs, so dev and test never enter
+it); ``num_inputs`` counts those inputs. The store section then carries
+``"fitted": {"file": "fitted.safetensors", "sha256": <of the file>, "fit_sha256", "num_inputs"}``,
+so a refit that changes one byte of the state makes every shard stale, and ``index.json`` records
+the file's hash for readers and `mer lineage` to check. A store written without a fitted extractor
+has no "fitted" key (and stores of earlier versions are unchanged).
+
 All JSON has sorted keys and no timestamps, and safetensors orders tensors by itself, so the same
 inputs and tensors give byte-identical files however often the run was killed and resumed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -71,6 +89,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
 from pipeline.core.atomic import atomic_write_bytes, write_marker
@@ -86,13 +105,16 @@ AVAILABILITY_KEY = "mer_availability"
 AVAILABILITY_TENSOR = "available"
 INDEX_FILE = "index.json"
 AVAILABILITY_FILE = "availability.safetensors"
+FITTED_FILE = "fitted.safetensors"
+FITTED_KEY = "mer_fitted"
 LOCK_FILE = ".lock"
 # the finished-store files, in the order finalize() publishes them (index.json last)
 _PUBLISHED = (AVAILABILITY_FILE, REPORT_FILE, INDEX_FILE)
 _SHARD_NAME = re.compile(r"^shard-\d+\.safetensors$")
 # every name a writer leaves in a store folder (temporary files: `.<name>.<random>.tmp`)
 _STORE_ENTRY = re.compile(
-    r"^\.?(shard-\d+\.safetensors|index\.json|report\.json|availability\.safetensors)(\..+\.tmp)?$"
+    r"^\.?(shard-\d+\.safetensors|index\.json|report\.json|availability\.safetensors|fitted\.safetensors)"
+    r"(\..+\.tmp)?$"
     r"|^\.lock$|^" + re.escape(MARKER_FILE) + r"(\..+\.tmp)?$"
 )
 _DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
@@ -111,6 +133,74 @@ class StoreMetadata:
     model_sha256: str  # hash of the weights actually loaded
     manifest_sha256: str  # sha256 of manifest.parquet (pipeline.core.fingerprint.sha256_file)
     params: dict[str, Any] = field(default_factory=dict)  # the config section used (JSON-able)
+
+
+@dataclass(frozen=True)
+class FittedState:
+    """What a fitted extractor learned from the train split (`extractors.base.Extractor.fit`).
+
+    `info` is JSON (a vocabulary, settings, counts) and `tensors` are named arrays, so the state is
+    stored as one safetensors file and read back without running any code (no pickle).
+    `fit_sha256` and `num_inputs` say what it was fitted on; the extract stage sets them.
+    """
+
+    info: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+    fit_sha256: str = ""
+    num_inputs: int = 0
+
+
+def fitted_state_bytes(state: FittedState) -> bytes:
+    """The `fitted.safetensors` bytes of `state`: the same state always gives the same bytes."""
+    header = {"format_version": FORMAT_VERSION, "fit_sha256": state.fit_sha256,
+              "num_inputs": state.num_inputs, "info": state.info}
+    try:
+        meta = _compact_json(header)
+    except (TypeError, ValueError) as exc:
+        raise PipelineError(f"fitted state: its info must be JSON-serialisable and finite: {exc}") from None
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in state.tensors.items()}
+    return safetensors_save(tensors, metadata={FITTED_KEY: meta})
+
+
+def parse_fitted_state(data: bytes) -> FittedState:
+    """`fitted_state_bytes` read back; ValueError if `data` is not a fitted-state file of this format."""
+    try:
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_len])
+        record = json.loads(header["__metadata__"][FITTED_KEY])
+        tensors = safetensors_load(data)
+    except (KeyError, TypeError, ValueError, SafetensorError) as exc:
+        raise ValueError(f"not a fitted-state file ({exc})") from None
+    if not isinstance(record, dict) or record.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"fitted-state format {record.get('format_version')!r}, expected {FORMAT_VERSION}")
+    return FittedState(info=record["info"], tensors=tensors, fit_sha256=record["fit_sha256"],
+                       num_inputs=record["num_inputs"])
+
+
+def saved_fitted_state(folder: Path | str, fit_sha256: str) -> FittedState | None:
+    """The fitted state saved in the store at `folder`, if a run can reuse it instead of refitting.
+
+    It must have been fitted on the same inputs (`fit_sha256`), and the store must already have
+    committed to its exact bytes: a shard or index.json records its sha256. A file edited or swapped
+    since (which would otherwise become the state of every redone shard) is not reused: the caller
+    refits, which on the same machine gives the original bytes again.
+    """
+    folder = Path(folder)
+    try:
+        data = (folder / FITTED_FILE).read_bytes()
+        state = parse_fitted_state(data)
+    except (OSError, ValueError):
+        return None
+    if state.fit_sha256 != fit_sha256:
+        return None
+    digest = hashlib.sha256(data).hexdigest()
+    sections = [(_read_store_header(path) or {}).get("store") for path in sorted(folder.glob("shard-*.safetensors"))]
+    try:
+        sections.append(json.loads((folder / INDEX_FILE).read_text(encoding="utf-8")).get("store"))
+    except (OSError, ValueError, AttributeError):
+        pass
+    committed = any(isinstance(s, dict) and (s.get("fitted") or {}).get("sha256") == digest for s in sections)
+    return state if committed else None
 
 
 @dataclass(frozen=True)
@@ -181,6 +271,7 @@ class FeatureStoreWriter:
         dtype: torch.dtype = torch.float16,
         wait_s: float = 0.0,
         stage: str = "extract",
+        fitted: FittedState | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.stage = stage  # the `mer` stage named by the folder's marker
@@ -194,11 +285,14 @@ class FeatureStoreWriter:
         self.shard_size = shard_size
         self.dtype = dtype
         self.wait_s = wait_s
-        self.store = self._store_section(metadata)
+        # a fitted extractor's state: its bytes are hashed into the store section, so shards made
+        # with another state are stale
+        self._fitted = fitted_state_bytes(fitted) if fitted is not None else None
+        self.store = self._store_section(metadata, fitted)
         # an exclusive flock on folder/.lock, so two writers never interleave shards of one store
         self._lock = OutputLock(self.folder / LOCK_FILE, self.folder, "feature store", remove=False)
 
-    def _store_section(self, metadata: StoreMetadata) -> dict[str, Any]:
+    def _store_section(self, metadata: StoreMetadata, fitted: FittedState | None) -> dict[str, Any]:
         """The "store" section every shard carries, normalised through JSON so it compares equal on reload."""
         section = {
             **asdict(metadata),
@@ -207,6 +301,13 @@ class FeatureStoreWriter:
             "plan_sha256": plan_sha256(self._ids, self.shard_size),
             "num_utterances": len(self._ids),
         }
+        if fitted is not None and self._fitted is not None:  # (both or neither)
+            section["fitted"] = {
+                "file": FITTED_FILE,
+                "sha256": hashlib.sha256(self._fitted).hexdigest(),
+                "fit_sha256": fitted.fit_sha256,
+                "num_inputs": fitted.num_inputs,
+            }
         try:
             return json.loads(_compact_json(section))
         except (TypeError, ValueError) as exc:
@@ -221,10 +322,22 @@ class FeatureStoreWriter:
         self._lock.acquire(self.wait_s)
         try:
             write_marker(self.folder, self.stage)
+            self._write_fitted()
         except BaseException:
             self._lock.release()
             raise
         return self
+
+    def _write_fitted(self) -> None:
+        """Save the fitted state before any shard that depends on it; an identical file is kept as it is."""
+        if self._fitted is None:
+            return
+        path = self.folder / FITTED_FILE
+        with contextlib.suppress(OSError):
+            if path.read_bytes() == self._fitted:
+                return
+        self._unpublish()
+        atomic_write_bytes(path, self._fitted)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -318,6 +431,10 @@ class FeatureStoreWriter:
                 f"or stale, e.g. {[shard_name(k) for k in pending[:5]]}"
             )
         shards = [_scan_shard(self.folder / shard_name(k)) for k in range(self.num_shards)]
+        if self._fitted is not None and _sha256_or_none(self.folder / FITTED_FILE) != self.store["fitted"]["sha256"]:
+            raise PipelineError(
+                f"{self.folder / FITTED_FILE}: the fitted state changed while the store was written; run it again"
+            )
         self._remove_leftovers()
         report = _report(self.store, shards)
         availability = _availability_bytes(self.store, self._ids, shards)
@@ -336,12 +453,20 @@ class FeatureStoreWriter:
         for path in self.folder.iterdir():
             old_shard = bool(_SHARD_NAME.match(path.name)) and path.name not in current
             temp = path.name.startswith(".") and path.name.endswith(".tmp")
-            if (old_shard or temp) and path.is_file():
+            old_fitted = path.name == FITTED_FILE and self._fitted is None  # the store is no longer a fitted one
+            if (old_shard or temp or old_fitted) and path.is_file():
                 path.unlink()
 
     def _require_lock(self) -> None:
         if not self._lock.held:
             raise RuntimeError("use FeatureStoreWriter inside a `with` block: it holds the store's lock")
+
+
+def _sha256_or_none(path: Path) -> str | None:
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None
 
 
 def _checked_ids(utterance_ids: Sequence[str]) -> list[str]:
@@ -480,6 +605,16 @@ class FeatureStoreReader:
                     f"{path}: sha256 does not match {INDEX_FILE}; the shard changed after extraction, "
                     "re-run the stage"
                 )
+        fitted = self._index["store"].get("fitted")
+        if fitted:
+            path = self.folder / FITTED_FILE
+            if not path.is_file():
+                raise PipelineError(f"{path}: the fitted state listed in {INDEX_FILE} is missing; re-run the extraction stage")
+            if verify and sha256_file(path) != fitted["sha256"]:
+                raise PipelineError(
+                    f"{path}: sha256 does not match {INDEX_FILE}; the fitted state changed after extraction, "
+                    "re-run the stage"
+                )
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -511,6 +646,15 @@ class FeatureStoreReader:
                 for uid in shard["utterance_ids"]:
                     features[uid] = handle.get_tensor(uid).to(dtype)
         return features
+
+    def fitted_state(self) -> FittedState | None:
+        """The state the extractor was fitted to (None for an extractor without a fit step)."""
+        if not self._index["store"].get("fitted"):
+            return None
+        try:
+            return parse_fitted_state(self._published_file(FITTED_FILE).read_bytes())
+        except ValueError as exc:
+            raise PipelineError(f"{self.folder / FITTED_FILE}: {exc}; re-run the extraction stage") from None
 
     def availability(self) -> Availability:
         path = self._published_file(AVAILABILITY_FILE)

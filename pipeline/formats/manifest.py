@@ -7,6 +7,7 @@ with pyarrow, pandas or `datasets.Dataset.from_parquet`) and `build_summary` aud
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.core.errors import PipelineError, one_line
 from pipeline.core.fingerprint import Fingerprint, tree_digest
 
 MANIFEST_FILE = "manifest.parquet"
@@ -45,7 +47,9 @@ class Utterance:
     video_path: str | None
     video_start_s: float | None
     video_end_s: float | None
-    video_region: str  # part of the frame that shows the speaker: "full", "left" or "right"
+    # part of the frame that shows the speaker: "full", "left" or "right" (IEMOCAP: the session letter's
+    # actor is on the left, pipeline.corpora.iemocap.speaker_frame_side)
+    video_region: str
     has_text: bool
     has_audio: bool
     has_video: bool
@@ -80,6 +84,10 @@ class CorpusReadResult:
     ignored: dict[str, list[str]] = field(default_factory=dict)
     raw_files: list[Fingerprint] = field(default_factory=list)
     split_rule: str = ""
+    # other splits of the same utterances the reader defines, by name: {"dev": [dialogue ids], "test":
+    # [...]}, every other dialogue train (e.g. IEMOCAP's leave-one-session-out folds "loso-1".."loso-5");
+    # the trainer's `train.split` picks one, so one manifest and one set of stores serve every fold
+    split_schemes: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     # how many utterance records the reader found before any policy was applied
     utterances_seen: int = 0
 
@@ -164,23 +172,74 @@ def write_summary_and_report(folder: Path, result: CorpusReadResult, summary: di
         (folder / name).write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def read_manifest(path: Path) -> list[dict[str, Any]]:
-    """Rows of a manifest as dicts (attributes decoded). Accepts the file or its folder."""
+def _manifest_file(path: Path) -> Path:
     path = Path(path)
-    if path.is_dir():
-        path = path / MANIFEST_FILE
-    rows = pq.read_table(path).to_pylist()
+    return path / MANIFEST_FILE if path.is_dir() else path
+
+
+def _unreadable(path: Path, exc: Exception) -> PipelineError:
+    return PipelineError(
+        f"{path}: not a readable manifest ({one_line(exc, 160)}); it is truncated, corrupt or not written by "
+        "`mer prepare`: rerun `mer prepare` (or `dvc checkout` it)"
+    )
+
+
+def _check_columns(path: Path, names: list[str]) -> None:
+    missing = [name for name in MANIFEST_SCHEMA.names if name not in names]
+    if missing:
+        raise _unreadable(path, ValueError(f"no column(s) {', '.join(missing)}"))
+
+
+def read_manifest(path: Path) -> list[dict[str, Any]]:
+    """Rows of a manifest as dicts (attributes decoded). Accepts the file or its folder.
+
+    A truncated or garbage file, or one without the manifest's columns, is a one-line input error."""
+    path = _manifest_file(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise _unreadable(path, exc) from None
+    _check_columns(path, table.column_names)
+    rows = table.to_pylist()
     for row in rows:
-        row["attributes"] = json.loads(row["attributes"]) if row["attributes"] else {}
+        try:
+            row["attributes"] = json.loads(row["attributes"]) if row["attributes"] else {}
+        except (TypeError, ValueError) as exc:
+            raise _unreadable(path, ValueError(f"utterance {row['utterance_id']}: attributes are not JSON ({exc})")) from None
     return rows
 
 
 def manifest_metadata(path: Path) -> dict[str, str]:
-    path = Path(path)
-    if path.is_dir():
-        path = path / MANIFEST_FILE
-    meta = pq.read_schema(path).metadata or {}
+    """The metadata `mer prepare` stored in the manifest's schema (corpus, label map, raw root, ...)."""
+    path = _manifest_file(path)
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise _unreadable(path, exc) from None
+    _check_columns(path, schema.names)
+    meta = schema.metadata or {}
     return {k.decode(): v.decode() for k, v in meta.items()}
+
+
+RELEASE_SPLIT = "release"  # `train.split`: the split the manifest's rows carry
+
+
+def split_schemes(metadata: dict[str, str]) -> dict[str, dict[str, list[str]]]:
+    """The other splits a manifest offers (`CorpusReadResult.split_schemes`), from its metadata."""
+    return json.loads(metadata.get("split_schemes") or "{}")
+
+
+def apply_split(rows: list[dict[str, Any]], metadata: dict[str, str], scheme: str, where: Path) -> None:
+    """Set each row's split by `scheme` (RELEASE_SPLIT leaves them); an unknown scheme is an input error."""
+    if scheme == RELEASE_SPLIT:
+        return
+    schemes = split_schemes(metadata)
+    if scheme not in schemes:
+        offered = ", ".join([RELEASE_SPLIT, *schemes])
+        raise PipelineError(f"{where}: this manifest has no split {scheme!r}; it offers {offered}")
+    split_of = {dialogue: split for split in ("dev", "test") for dialogue in schemes[scheme][split]}
+    for row in rows:
+        row["split"] = split_of.get(row["dialogue_id"], "train")
 
 
 def check_unique_ids(result: CorpusReadResult, source_of: Callable[[Utterance], str | None] | None = None) -> None:
@@ -200,8 +259,34 @@ def check_unique_ids(result: CorpusReadResult, source_of: Callable[[Utterance], 
     result.utterances = kept
 
 
-def build_summary(result: CorpusReadResult, root: Path) -> dict[str, Any]:
-    """Counts per split and label, every flagged and excluded utterance, and the raw tree's identity."""
+def record_raw_root(root: Path, manifest_dir: Path) -> str:
+    """How a manifest written to `manifest_dir` records its raw root.
+
+    Relative to the manifest's folder when the root was given relative, or lies under the working
+    directory (the project): a project copied with `cp -a` or `rsync`, or cloned and pulled, then
+    reads its own raw files. Otherwise (a corpus kept outside the project, e.g. /data/MELD.Raw,
+    which every copy shares) the absolute path as given. Lexical: symlinks are kept, not resolved.
+    """
+    absolute = Path(os.path.abspath(root))
+    if Path(root).is_absolute() and not absolute.is_relative_to(os.path.abspath(".")):
+        return absolute.as_posix()
+    return Path(os.path.relpath(absolute, os.path.abspath(manifest_dir))).as_posix()
+
+
+def raw_root_of(manifest_dir: Path, metadata: dict[str, Any]) -> Path | None:
+    """The raw root a manifest (or its summary) in `manifest_dir` records, as a path usable from here;
+    None when none is recorded. Manifests written before roots were relative hold an absolute path."""
+    recorded = metadata.get("raw_root")
+    if not recorded:
+        return None
+    path = Path(recorded)
+    return path if path.is_absolute() else Path(os.path.normpath(Path(manifest_dir) / path))
+
+
+def build_summary(result: CorpusReadResult, raw_root: str) -> dict[str, Any]:
+    """Counts per split and label, every flagged and excluded utterance, and the raw tree's identity.
+
+    `raw_root` is the root as the manifest records it (`record_raw_root`)."""
     splits: dict[str, dict[str, Any]] = {}
     by_split: dict[str, list[Utterance]] = defaultdict(list)
     for utt in result.utterances:
@@ -229,7 +314,8 @@ def build_summary(result: CorpusReadResult, root: Path) -> dict[str, Any]:
         "label_policy": result.label_policy,
         "label_map": {name: i for i, name in enumerate(result.label_names)},
         "split_rule": result.split_rule,
-        "raw_root": str(Path(root).resolve()),
+        "split_schemes": result.split_schemes,
+        "raw_root": raw_root,
         "raw_tree_sha256": tree_digest(result.raw_files),
         "raw_files": len({fp.path for fp in result.raw_files}),
         "counts": {

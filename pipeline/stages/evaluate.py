@@ -5,15 +5,17 @@ Predictions are gathered across processes by `pipeline.training.loop.predict`; t
 
 `mer evaluate --checkpoint data/train/C/best --prepared P --features F --out data/eval/C` writes
 
-    metrics.json        {"checkpoint": {...},
+    metrics.json        {"checkpoint": {path, model, corpus, epoch, seed, weights_sha256},
                          "test": {accuracy, weighted_f1, macro_f1, per_class_f1, counts}, "dev": {...}}
     confusion.csv       test: one row per labelled utterance, columns actual,predicted (label names),
                         for `dvc plots` with the confusion template
     predictions.csv     test: utterance_id, dialogue_id, gold, predicted, prob_<label> per class
     confusion_dev.csv, predictions_dev.csv   the same for dev
 
-The features must be the ones the model was trained on: the manifest's sha256 and every store's
-metadata are compared with the checkpoint's record, and a difference is an error.
+The checkpoint's model (`model_name`: CMATH or a baseline) is rebuilt by
+`pipeline.training.checkpoint.load_model`. The features must be the ones the model was trained on:
+the manifest's sha256 and every store's metadata are compared with the checkpoint's record, and a
+difference is an error.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.locks import output_lock
 from pipeline.core.outputs import check_output
 from pipeline.core.params import ParamError
+from pipeline.formats.manifest import RELEASE_SPLIT
 from pipeline.formats.stage_report import REPORT_FILE
-from pipeline.training.checkpoint import load_feature_stats, load_model
+from pipeline.training.checkpoint import checkpoint_model_name, load_feature_stats, load_model
 from pipeline.training.data import CorpusData, DialogueBatchSampler, SpeakerMap, load_corpus
 from pipeline.training.loop import Predictions, dialogue_loader, is_main_launch_process, make_accelerator, predict
 from pipeline.formats.run_files import METRICS_FILE
@@ -128,7 +131,7 @@ def _evaluate(
     model, record = load_model(checkpoint)
     data = load_corpus(
         prepared, features, record["modalities"], speaker_map=SpeakerMap.from_dict(record["speaker_map"]),
-        require_all_modalities=True,
+        require_all_modalities=True, split=record["train_config"].get("split", RELEASE_SPLIT),  # as trained
     )
     check_data_matches(data, record, checkpoint)
     stats = load_feature_stats(checkpoint, record)
@@ -141,8 +144,10 @@ def _evaluate(
     model = accelerator.prepare(model)
     results: dict[str, Any] = {
         "checkpoint": {
-            "path": str(checkpoint), "corpus": record["corpus"], "epoch": record["epoch"], "seed": record["seed"],
+            "path": str(checkpoint), "model": checkpoint_model_name(record), "corpus": record["corpus"],
+            "epoch": record["epoch"], "seed": record["seed"],
             "weights_sha256": record["weights_sha256"],
+            "inference_modalities": record.get("inference_modalities", record["modalities"]),
         }
     }
     files: dict[str, str] = {}
@@ -152,7 +157,9 @@ def _evaluate(
             raise PipelineError(f"{data.manifest_path}: no {name} split to evaluate")
         split = data.splits[name]
         loader = dialogue_loader(split, DialogueBatchSampler(split.lengths, batch_size, shuffle=False))
-        predictions = predict(accelerator, model, accelerator.prepare(loader), split, len(label_names))
+        # the modalities dev selected at training (train.select_modalities), None: every trained one
+        predictions = predict(accelerator, model, accelerator.prepare(loader), split, len(label_names),
+                              record.get("inference_modalities"))
         results[name] = classification_metrics(predictions.gold, predictions.predicted, label_names)
         scored[name] = len(predictions.probabilities)
         suffix = "" if name == "test" else f"_{name}"
@@ -171,7 +178,8 @@ def _evaluate(
 
 
 def describe(results: dict[str, Any]) -> str:
-    lines = [f"checkpoint {results['checkpoint']['path']} (epoch {results['checkpoint']['epoch']})"]
+    checkpoint = results["checkpoint"]
+    lines = [f"checkpoint {checkpoint['path']} (model {checkpoint['model']}, epoch {checkpoint['epoch']})"]
     for name in ("train", "dev", "test"):
         if name in results:
             m = results[name]

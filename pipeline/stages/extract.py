@@ -8,6 +8,13 @@ killed with SIGKILL and started again writes the same bytes as an uninterrupted 
 
 Memory is bounded by the shard size and the loader's prefetch depth, not by the corpus size:
 a finished shard is written and dropped before the next one is assembled.
+
+A fitted extractor (`needs_fit`, e.g. `tfidf`) is fitted before any shard is encoded, on the rows
+whose split is "train" and nothing else; its state is saved in the store (`fitted.safetensors`)
+and hashed into the store's identity. A rerun with the same train inputs and fit params reuses the
+saved state instead of refitting (a killed run resumes with it); other train inputs or params refit
+and redo every shard. Either way the extractor encodes from the state as stored, read back from its
+bytes, so a fresh and a resumed run encode with identical numbers.
 """
 
 from __future__ import annotations
@@ -27,16 +34,25 @@ from extractors.base import (
     Encoded,
     Extractor,
     ExtractorConfig,
+    FittedState,
     cpu_threads,
     extractor_for,
+    fit_sha256,
     resolve_device,
 )
 from pipeline.core.params import check_value, reported_at, section_to_dataclass
 from pipeline.core.errors import PipelineError
 from pipeline.core.outputs import check_output
-from pipeline.formats.feature_store import FeatureStoreWriter, StoreMetadata, is_store_folder
+from pipeline.formats.feature_store import (
+    FeatureStoreWriter,
+    StoreMetadata,
+    fitted_state_bytes,
+    is_store_folder,
+    parse_fitted_state,
+    saved_fitted_state,
+)
 from pipeline.core.fingerprint import sha256_file
-from pipeline.formats.manifest import MANIFEST_FILE, manifest_metadata, read_manifest
+from pipeline.formats.manifest import MANIFEST_FILE, manifest_metadata, raw_root_of, read_manifest
 from pipeline.core.progress import progress
 
 # fast tokenizers warn (and may deadlock) when a process that used them forks DataLoader workers
@@ -106,18 +122,24 @@ def extract_features(
     `section` is the modality's params section (`extract.<modality>`); `raw_root` defaults to the
     raw folder recorded in the manifest. `extractor`, if given, is used instead of building one
     from `section` (its model stays loaded across calls). `params_file`, the file `section` came
-    from, is one more input `out_dir` must not overlap. Returns the store's report.
+    from, is one more input `out_dir` must not overlap. Returns the store's report; for a fitted
+    extractor it also holds `fit` (whether this run fitted or reused the saved state), which is
+    not part of report.json.
     """
     if extractor is None:
         # a bad section fails before any file is read
-        _, config = extractor_config(modality, section, f"{where}.{modality}")
+        cls, config = extractor_config(modality, section, f"{where}.{modality}")
     else:
-        config = extractor.config
+        cls, config = type(extractor), extractor.config
     manifest_path = Path(manifest_dir) / MANIFEST_FILE
     if not manifest_path.is_file():
         raise PipelineError(f"{manifest_path}: manifest not found (run `mer prepare` for this corpus first)")
     meta = manifest_metadata(manifest_path)
-    root = Path(raw_root) if raw_root is not None else Path(meta.get("raw_root", ""))
+    # the manifest records its root relative to its own folder (`record_raw_root`): a copied project
+    # reads its own raw files
+    root = Path(raw_root) if raw_root is not None else raw_root_of(manifest_dir, meta)
+    if root is None:
+        raise PipelineError(f"{manifest_path}: the manifest records no raw corpus folder (pass --root)")
     if not root.is_dir():
         raise PipelineError(
             f"{root}: the raw corpus folder of {manifest_path} does not exist (pass --root to say where it is now)"
@@ -127,12 +149,14 @@ def extract_features(
     # before the model is loaded: an --out that is an input, a file or another folder is refused at once
     check_output(out_dir, "extract", inputs, legacy=is_store_folder)
     rows = read_manifest(manifest_path)
+    train_rows = _train_rows(cls, rows, manifest_path) if cls.needs_fit else []
     if extractor is None:
         extractor = build_extractor(modality, section, root, f"{where}.{modality}")
     elif extractor.modality != modality:
         raise PipelineError(f"extractor {extractor.name!r} makes {extractor.modality} features, not {modality}")
     extractor.raw_root = root
     config = extractor.config
+    fitted, reused = _fitted_state(extractor, train_rows, out_dir, manifest_path) if cls.needs_fit else (None, False)
     metadata = StoreMetadata(
         corpus=meta.get("corpus", ""),
         modality=modality,
@@ -146,12 +170,53 @@ def extract_features(
     ids = [row["utterance_id"] for row in rows]
     extractor.plan(rows)
     dtype = STORE_DTYPES[config.dtype]
-    with FeatureStoreWriter(out_dir, metadata, ids, config.shard_size, dtype, wait_s) as writer:
+    with FeatureStoreWriter(out_dir, metadata, ids, config.shard_size, dtype, wait_s, fitted=fitted) as writer:
         pending = writer.pending_shards()
         shard_rows = {k: rows[k * config.shard_size : (k + 1) * config.shard_size] for k in pending}
         for k, features, flags in _run_shards(extractor, shard_rows, f"{metadata.corpus} {modality}"):
             writer.write_shard(k, features, flags)
-        return writer.finalize()
+        report = writer.finalize()
+    if fitted is not None:
+        report = {**report, "fit": {"reused": reused, "num_inputs": fitted.num_inputs,
+                                    "sha256": writer.store["fitted"]["sha256"]}}
+    return report
+
+
+def _train_rows(cls: type[Extractor], rows: list[dict[str, Any]], manifest_path: Path) -> list[dict[str, Any]]:
+    """The rows a fitted extractor may learn from: split "train", and no other."""
+    train = [row for row in rows if row["split"] == "train"]
+    if not train:
+        splits = sorted({row["split"] for row in rows})
+        raise PipelineError(
+            f"{manifest_path}: has no train split (splits: {', '.join(splits) or 'none'}), and the {cls.name} "
+            f"extractor is fitted on the train split only; extract from a manifest with a train split, "
+            f"or choose an extractor without a fit step"
+        )
+    return train
+
+
+def _fitted_state(
+    extractor: Extractor, train_rows: list[dict[str, Any]], out_dir: Path, manifest_path: Path
+) -> tuple[FittedState, bool]:
+    """Fit `extractor` on the train rows, or reuse the state the store saved for the same inputs;
+    load it into the extractor as stored. Returns (state, whether it was reused)."""
+    inputs = extractor.fit_inputs(train_rows)
+    if not inputs:
+        raise PipelineError(
+            f"{manifest_path}: none of its {len(train_rows)} train utterances has {extractor.fit_needs} to fit "
+            f"the {extractor.name} extractor on (it is fitted on the train split only)"
+        )
+    key = fit_sha256(extractor, inputs)
+    state = saved_fitted_state(out_dir, key)
+    reused = state is not None
+    if state is None:
+        fresh = extractor.fit(inputs)
+        # encode from the state exactly as it will be read back on a resume (e.g. float32 arrays)
+        state = parse_fitted_state(fitted_state_bytes(
+            FittedState(info=fresh.info, tensors=fresh.tensors, fit_sha256=key, num_inputs=len(inputs))
+        ))
+    extractor.load_fitted(state)
+    return state, reused
 
 
 def _config_paths(config: ExtractorConfig, where: str) -> list[tuple[str, Path]]:
@@ -226,6 +291,10 @@ def describe(report: dict[str, Any], out_dir: Path) -> str:
         f"{counts['in']} utterances, {counts['out']} stored, {counts['missing']} missing, "
         f"{counts['flagged']} flagged -> {out_dir}"
     ]
+    if "fit" in report:
+        fit = report["fit"]
+        how = "reused the state saved in the store" if fit["reused"] else "fitted now"
+        lines.append(f"  fitted on {fit['num_inputs']} train utterances only ({how}; sha256 {fit['sha256'][:12]})")
     for kind, by_reason in (("missing", report["dropped_by_reason"]), ("flagged", report["flagged_by_reason"])):
         lines += [f"  {kind} {n} x {reason}" for reason, n in by_reason.items()]
     return "\n".join(lines)

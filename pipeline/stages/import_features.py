@@ -155,6 +155,7 @@ from pipeline.formats.manifest import (
     build_summary,
     manifest_metadata,
     read_manifest,
+    record_raw_root,
     write_manifest,
     write_summary_and_report,
 )
@@ -716,7 +717,7 @@ def _import(
     imported = _read(items, layout, pickle_path, pickle_sha, dev_fraction, seed, text_layers or "last", dtype)
     result = imported.result
 
-    summary = build_summary(result, pickle_path)
+    summary = build_summary(result, record_raw_root(pickle_path, prepared_final))
     summary["raw_tree_sha256"] = pickle_sha
     summary["pipeline_version"] = __version__
     metadata = {

@@ -4,7 +4,8 @@
 
 Each artifact already records what it was made from: evaluation metrics name the checkpoint and
 its weights hash; a checkpoint records its config, seed, git commit, the manifest hash and each
-store's index hash; a store records its extractor, model weights hash, params and manifest hash;
+store's index hash; a store records its extractor, model weights hash, params and manifest hash
+(and, for a fitted extractor such as tfidf, the hash of the state it learned from the train split);
 a manifest records its corpus, label policy, split rule and a fingerprint of every raw file each
 utterance was read from. Tracing follows those records and checks each one against the files on
 disk now. A record that no longer matches (a store rebuilt from another manifest, weights changed
@@ -30,10 +31,10 @@ import yaml
 
 from pipeline.core.atomic import atomic_write_bytes
 from pipeline.core.errors import PipelineError
-from pipeline.core.fingerprint import sha256_file
+from pipeline.core.fingerprint import fingerprint_problem, sha256_file
 from pipeline.core.outputs import check_output_file
-from pipeline.formats.feature_store import INDEX_FILE
-from pipeline.formats.manifest import MANIFEST_FILE, SUMMARY_FILE, manifest_metadata, read_manifest
+from pipeline.formats.feature_store import FITTED_FILE, INDEX_FILE
+from pipeline.formats.manifest import MANIFEST_FILE, SUMMARY_FILE, manifest_metadata, raw_root_of, read_manifest
 from pipeline.formats.stage_report import REPORT_FILE, describe_counts, read_stage_report
 from pipeline.formats.run_files import BEST_DIR, CHECKPOINT_JSON, STATS_FILE, WEIGHTS_FILE
 
@@ -83,9 +84,12 @@ class Lineage:
         }
 
 
-def trace(paths: list[Path] | None = None, project: Path = Path(".")) -> Lineage:
-    """Trace `paths` (default: the metrics files declared in the project's dvc.yaml) back to raw files."""
-    tracer = _Tracer(Path(project))
+def trace(paths: list[Path] | None = None, project: Path = Path("."), rehash: bool = False) -> Lineage:
+    """Trace `paths` (default: the metrics files declared in the project's dvc.yaml) back to raw files.
+
+    Raw media whose size and mtime are unchanged count as unchanged unless `rehash`: then every raw
+    file is reread and compared with its recorded content hash."""
+    tracer = _Tracer(Path(project), rehash)
     roots = list(paths) if paths else tracer.declared_metrics()
     keys = [tracer.visit(Path(p)) for p in roots]
     return Lineage(roots=keys, links=tracer.links)
@@ -184,8 +188,9 @@ def remote_configured(project: Path) -> bool:
 
 
 class _Tracer:
-    def __init__(self, project: Path) -> None:
+    def __init__(self, project: Path, rehash: bool = False) -> None:
         self.project = project.resolve()
+        self.rehash = rehash
         self.lock = DvcLock(self.project)
         self.links: dict[str, Link] = {}
 
@@ -305,6 +310,7 @@ class _Tracer:
         data = record.get("data", {})
         link.facts.update({
             "corpus": record.get("corpus"),
+            "model name": record.get("model_name") or "cmath",  # a checkpoint from before baselines: cmath
             "epoch": record.get("epoch"),
             "seed": record.get("seed"),
             "git commit": f"{code.get('git_commit') or 'unknown'}{' (uncommitted changes)' if code.get('git_dirty') else ''}",
@@ -385,19 +391,30 @@ class _Tracer:
             return rel
         index = json.loads(index_path.read_text(encoding="utf-8"))
         store = index.get("store", {})
+        weights = store.get("model_sha256")
         link.facts.update({
             "modality": store.get("modality"),
             "extractor": f"{store.get('extractor')} v{store.get('extractor_version')}",
-            "model": f"{store.get('model_id')} (weights sha256 {_short(store.get('model_sha256'))})",
+            "model": f"{store.get('model_id')} (weights sha256 {_short(weights)})" if weights
+                     else f"{store.get('model_id')} (no pretrained weights)",
             "params": store.get("params", {}),
             "manifest sha256": _short(store.get("manifest_sha256")),
         })
+        fitted = store.get("fitted")
+        if fitted:
+            link.facts["fitted state"] = (
+                f"{fitted.get('file')} sha256 {_short(fitted.get('sha256'))}, fitted on "
+                f"{fitted.get('num_inputs')} train-split inputs only (fit sha256 {_short(fitted.get('fit_sha256'))})"
+            )
         self._stage_report(link, folder)
         bad = [s["file"] for s in index.get("shards", [])
                if not (folder / s["file"]).is_file() or sha256_file(folder / s["file"]) != s["sha256"]]
         link.check(not bad, f"{len(index.get('shards', []))} shards match {INDEX_FILE}",
                    f"shards changed or missing since the store was written: {', '.join(bad)}")
-        self._check_weights(link, store)
+        if fitted:
+            self._check_fitted(link, folder, fitted)
+        if weights:  # an extractor without pretrained weights (tfidf) has nothing to check here
+            self._check_weights(link, store)
         self._check_store_params(link, store)
         manifest = manifest or self._store_manifest(link, folder, store)
         if manifest is not None and self.present(link, manifest, "manifest"):
@@ -407,6 +424,19 @@ class _Tracer:
                        f"{self.rel(manifest)} ({_short(now)}): rerun extraction")
             link.inputs.append(self.visit(manifest))
         return rel
+
+    def _check_fitted(self, link: Link, folder: Path, fitted: dict[str, Any]) -> None:
+        """The fitted state in the store must still hash to what index.json recorded: every shard was
+        encoded with that state, so an edited or swapped file is a broken link."""
+        path = folder / FITTED_FILE
+        now = sha256_file(path) if path.is_file() else None
+        recorded = fitted.get("sha256")
+        if now is None:
+            link.check(False, "", f"the fitted state {FITTED_FILE} recorded in {INDEX_FILE} is missing: rerun extraction")
+            return
+        link.check(now == recorded, f"{FITTED_FILE} matches {INDEX_FILE} ({_short(now)})",
+                   f"{FITTED_FILE} changed since extraction (recorded {_short(recorded)}, now {_short(now)}): "
+                   f"the shards were not made with it; rerun extraction")
 
     def _stage_report(self, link: Link, folder: Path) -> None:
         """The stage's report.json as a fact, checked to add up (in = out + dropped)."""
@@ -487,23 +517,24 @@ class _Tracer:
                 link.check(policy == meta.get("label_policy"), f"label policy agrees with dvc.lock ({link.stage})",
                            f"label policy {meta.get('label_policy')!r} differs from dvc.lock's {policy!r}")
         if "import" in summary:  # from `mer import-features`: the "raw file" is the pickle, one hash
-            pickle = Path(summary.get("raw_root", ""))
+            pickle = raw_root_of(path.parent, summary) or Path("")
             if self.present(link, pickle, "imported pickle"):
                 now = sha256_file(pickle)
                 link.check(now == meta.get("raw_tree_sha256"), f"imported pickle {pickle.name} unchanged",
                            f"imported pickle {pickle} changed since import")
             return
-        root = self._raw_root(link, meta)
+        root = self._raw_root(link, path.parent, meta)
         if root is not None:
             link.inputs.append(self.raw_files(root, read_manifest(path), meta))
 
-    def _raw_root(self, link: Link, meta: dict[str, str]) -> Path | None:
+    def _raw_root(self, link: Link, manifest_dir: Path, meta: dict[str, str]) -> Path | None:
         """The raw folder: dvc.lock's `--root` of the prepare stage (relative to this project, so right
-        in any clone), else the absolute path `mer prepare` recorded."""
+        in any clone), else the root the manifest records (relative to its folder, or absolute for
+        a corpus outside the project)."""
         candidates = []
         if link.stage and self.lock.cmd_option(link.stage, "--root"):
             candidates.append(self.resolve(self.lock.cmd_option(link.stage, "--root")))
-        candidates.append(Path(meta.get("raw_root", "")))
+        candidates.append(raw_root_of(manifest_dir, meta) or Path(""))
         for root in candidates:
             if str(root) not in ("", ".") and root.is_dir():
                 return root
@@ -519,7 +550,7 @@ class _Tracer:
         link.facts.update({"files read": len(sources), "tree sha256": _short(meta.get("raw_tree_sha256"))})
         problems = []
         for rel, source in sorted(sources.items()):
-            problem = _fingerprint_problem(root / rel, source)
+            problem = fingerprint_problem(root / rel, source, rehash=self.rehash)
             if problem:
                 problems.append(f"{rel} {problem}")
         examples = "; ".join(problems[:RAW_EXAMPLES]) + (f"; and {len(problems) - RAW_EXAMPLES} more" if len(problems) > RAW_EXAMPLES else "")
@@ -528,21 +559,6 @@ class _Tracer:
         if problems:
             link.facts["differing files"] = problems
         return link.path
-
-
-def _fingerprint_problem(path: Path, source: dict[str, Any]) -> str | None:
-    """Why a raw file no longer matches its manifest fingerprint, or None when it does."""
-    if not path.is_file():
-        return "is missing"
-    stat = path.stat()
-    if stat.st_size != source["size"]:
-        return f"changed size ({source['size']} -> {stat.st_size} bytes)"
-    if source.get("sha256") and sha256_file(path) != source["sha256"]:
-        return "changed content (sha256)"
-    if source.get("mtime_ns") is not None and stat.st_mtime_ns != source["mtime_ns"]:
-        # media are fingerprinted by size + mtime: a copy without preserved times also lands here
-        return "was modified (mtime; media are fingerprinted by size + mtime, so a copy that lost its times shows too)"
-    return None
 
 
 def _hub_cache_folder(model_id: str) -> Path | None:

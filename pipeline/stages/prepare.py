@@ -20,7 +20,9 @@ from pipeline.corpora import CorpusSpec, get_corpus
 from pipeline.core.errors import PipelineError
 from pipeline.core.locks import output_lock
 from pipeline.core.outputs import check_output
-from pipeline.formats.manifest import MANIFEST_FILE, build_summary, write_manifest, write_summary_and_report
+from pipeline.formats.manifest import (
+    MANIFEST_FILE, build_summary, record_raw_root, write_manifest, write_summary_and_report,
+)
 
 
 def prepare_corpus(
@@ -48,7 +50,7 @@ def _prepare(spec: CorpusSpec, corpus: str, root: Path, out_dir: Path, policy: s
     result = spec.read(root, policy)
     if not result.utterances:
         raise PipelineError(f"{root}: the {corpus} reader found no utterance to keep under policy {policy!r}")
-    summary = build_summary(result, root)
+    summary = build_summary(result, record_raw_root(root, out_dir))
     summary["pipeline_version"] = __version__
     metadata = {
         "corpus": corpus,
@@ -58,6 +60,8 @@ def _prepare(spec: CorpusSpec, corpus: str, root: Path, out_dir: Path, policy: s
         "raw_tree_sha256": summary["raw_tree_sha256"],
         "pipeline_version": __version__,
     }
+    if result.split_schemes:
+        metadata["split_schemes"] = json.dumps(result.split_schemes, sort_keys=True)
     with atomic_output_dir(Path(out_dir), "prepare") as tmp:
         write_manifest(result.utterances, tmp / MANIFEST_FILE, metadata)
         write_summary_and_report(tmp, result, summary)

@@ -50,6 +50,7 @@ SPLITS = ("train", "dev", "test")
 HTML_FILE = "report.html"
 MD_FILE = "report.md"
 MAX_EXAMPLES = 5  # example utterance ids listed per reason; the count says how many there are in all
+LEGACY_MODEL = "cmath"  # the model of a checkpoint written before checkpoints named their model
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 SERIES_COLOURS = {"dev": PALETTE[0], "test": PALETTE[1], "train": PALETTE[2]}
 
@@ -218,6 +219,11 @@ def _short(sha: Any, n: int = 12) -> str:
     return str(sha)[:n] if sha else "—"
 
 
+def model_name(run: RunInputs) -> str:
+    """The trained model's name (`train.model.name`), as the checkpoint records it."""
+    return str(run.checkpoint.get("model_name") or run.train_metrics.get("model") or LEGACY_MODEL)
+
+
 def lineage_section(run: RunInputs) -> Section:
     """Which checkpoint, code and data the numbers below belong to, and any disagreement between them."""
     ckpt = run.checkpoint
@@ -227,6 +233,7 @@ def lineage_section(run: RunInputs) -> Section:
     commit = str(code.get("git_commit") or "—") + (" (uncommitted changes)" if code.get("git_dirty") else "")
     rows = [
         ["corpus", run.corpus],
+        ["model", model_name(run)],
         ["checkpoint", str(evaluated.get("path", "—"))],
         ["checkpoint epoch", str(ckpt.get("epoch", "—"))],
         ["seed", str(ckpt.get("seed", "—"))],
@@ -249,6 +256,9 @@ def _lineage_warnings(run: RunInputs, manifest_sha: str | None) -> list[str]:
         if manifest_sha and store_sha and store_sha != manifest_sha:
             warnings.append(f"the {modality} store was extracted from manifest {_short(store_sha)}, "
                             f"the checkpoint was trained on {_short(manifest_sha)}")
+    trained, evaluated = model_name(run), run.eval_metrics.get("checkpoint", {}).get("model")
+    if evaluated is not None and evaluated != trained:
+        warnings.append(f"the evaluation scored a {evaluated} checkpoint, the training folder holds {trained}")
     evaluated_epoch = run.eval_metrics.get("checkpoint", {}).get("epoch")
     best_epoch = run.train_metrics.get("best_epoch")
     if evaluated_epoch is not None and best_epoch is not None and evaluated_epoch != best_epoch:
@@ -586,14 +596,16 @@ _TEMPLATES = Environment(
 _TEMPLATES.filters.update(slug=_slug, md=_md_cell)
 
 
-def render_html(corpus: str, sections: list[Section], sources: list[str]) -> str:
+def render_html(corpus: str, sections: list[Section], sources: list[str], model: str = LEGACY_MODEL) -> str:
     """One page, no external resource: CSS in <style>, figures as inline <svg>."""
-    return _TEMPLATES.get_template("report.html.j2").render(corpus=corpus, sections=sections, sources=sources)
+    return _TEMPLATES.get_template("report.html.j2").render(corpus=corpus, model=model, sections=sections,
+                                                            sources=sources)
 
 
-def render_markdown(corpus: str, sections: list[Section], sources: list[str]) -> str:
+def render_markdown(corpus: str, sections: list[Section], sources: list[str], model: str = LEGACY_MODEL) -> str:
     """The same sections as the HTML page; figures are the .svg files beside it."""
-    return _TEMPLATES.get_template("report.md.j2").render(corpus=corpus, sections=sections, sources=sources)
+    return _TEMPLATES.get_template("report.md.j2").render(corpus=corpus, model=model, sections=sections,
+                                                          sources=sources)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -619,9 +631,10 @@ def _write_run_report(
     sections = build_sections(run)
     sources = [str(p) for p in (prepared, features, train, evaluation)]
     charts = [block for section in sections for block in section.blocks if isinstance(block, Chart)]
+    model = model_name(run)
     with atomic_output_dir(out, "report") as tmp:
-        (tmp / HTML_FILE).write_text(render_html(corpus, sections, sources), encoding="utf-8")
-        (tmp / MD_FILE).write_text(render_markdown(corpus, sections, sources), encoding="utf-8")
+        (tmp / HTML_FILE).write_text(render_html(corpus, sections, sources, model), encoding="utf-8")
+        (tmp / MD_FILE).write_text(render_markdown(corpus, sections, sources, model), encoding="utf-8")
         for chart in charts:
             (tmp / f"{chart.name}.svg").write_text(chart.svg + "\n", encoding="utf-8")
     return [out / HTML_FILE, out / MD_FILE]

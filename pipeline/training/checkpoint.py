@@ -4,7 +4,8 @@ A training output folder holds
 
     best/model.safetensors            weights of the selected epoch
     best/feature_stats.safetensors    the train split's per-dimension feature mean/std (standardize)
-    best/checkpoint.json              CMATHConfig, label and speaker maps, train config, seed, epoch,
+    best/checkpoint.json              the model's name (`model_name`, a name of `model.registry`) and
+                                      config, label and speaker maps, train config, seed, epoch,
                                       metrics, code version, data lineage, weights sha256
     last/                             accelerator.save_state (weights, optimizer, scheduler, RNG states
                                       of every process) + trainer_state.json + best/ (the best so far;
@@ -13,7 +14,8 @@ A training output folder holds
 `last/` is written whole into `.last.partial` and swapped in by two renames (`core.atomic.replace_dir`),
 so a kill at any moment leaves a consistent (state, best-so-far) pair; a kill between the renames is
 undone by `restore_replaced_dir` before resuming. A rerun resumes from `last/` only when its run id
-(data, config, code, process count) is the same.
+(data, model, config, code, process count) is the same. A checkpoint written before models had
+names (no `model_name`) is a CMATH checkpoint, and loads as one.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
-from model.cmath import CMATH, CMATHConfig
+from model.registry import DEFAULT_MODEL, build_model, config_from_dict, model_names
 from pipeline.core.atomic import replace_dir, restore_replaced_dir
 from pipeline.core.errors import PipelineError
 from pipeline.core.fingerprint import sha256_file
@@ -63,14 +65,25 @@ def read_checkpoint(folder: Path | str) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def load_model(folder: Path | str) -> tuple[CMATH, dict[str, Any]]:
-    """(CMATH with the checkpoint's weights, checkpoint record); the weights' sha256 is checked."""
+def checkpoint_model_name(record: dict[str, Any]) -> str:
+    """The model a checkpoint holds: its `model_name`, or CMATH for one written before models had names."""
+    return record.get("model_name") or DEFAULT_MODEL
+
+
+def load_model(folder: Path | str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """(the checkpoint's model with its weights, checkpoint record); the weights' sha256 is checked."""
     folder = Path(folder)
     record = read_checkpoint(folder)
     weights = folder / WEIGHTS_FILE
     if sha256_file(weights) != record["weights_sha256"]:
         raise PipelineError(f"{weights}: sha256 differs from {CHECKPOINT_JSON}; the weights changed after training")
-    model = CMATH(CMATHConfig.from_dict(record["model_config"]))
+    name = checkpoint_model_name(record)
+    if name not in model_names():
+        raise PipelineError(
+            f"{folder / CHECKPOINT_JSON}: model_name {name!r} is not a model of this code (models: "
+            f"{', '.join(model_names())}); evaluate it with the code that trained it"
+        )
+    model = build_model(name, config_from_dict(name, record["model_config"]))
     model.load_state_dict(load_file(weights))
     return model, record
 
@@ -206,7 +219,8 @@ def resume_or_start(accelerator: Accelerator, out: Path, run_id: str, fresh: boo
             publish_best(accelerator, out)
             say(f"resuming from {last_dir} after epoch {state.epochs_done}")
         else:
-            say(f"{last_dir} is from another run (data, config, code or process count differ): starting afresh")
+            say(f"{last_dir} is from another run (data, model, config, code or process count differ): "
+                "starting afresh")
     if state.epochs_done == 0 and accelerator.is_main_process:
         # imported here, not at the top, so that `mer lineage` reads checkpoints without loading scikit-learn
         for stale in (out / BEST_DIR, last_dir, out / METRICS_FILE):

@@ -54,7 +54,9 @@ from model.batch import IGNORE_LABEL, DialogueBatch
 from pipeline.core.errors import PipelineError
 from pipeline.formats.feature_store import INDEX_FILE, FeatureStoreReader
 from pipeline.core.fingerprint import sha256_file
-from pipeline.formats.manifest import MANIFEST_FILE, SPLITS, manifest_metadata, read_manifest
+from pipeline.formats.manifest import (
+    MANIFEST_FILE, RELEASE_SPLIT, SPLITS, apply_split, manifest_metadata, read_manifest,
+)
 
 SPEAKER_RULES = ("gender", "name")
 OTHER_SPEAKER = 0
@@ -352,8 +354,12 @@ def load_corpus(
     min_speaker_count: int = 1,
     require_all_modalities: bool = False,
     feature_shuffle: int | None = None,
+    split: str = RELEASE_SPLIT,
 ) -> CorpusData:
-    """Load the manifest under `prepared` and the stores under `features` (see the module docstring)."""
+    """Load the manifest under `prepared` and the stores under `features` (see the module docstring).
+
+    `split` is the manifest's own split (RELEASE_SPLIT) or one of the schemes it offers (e.g. IEMOCAP's
+    "loso-3"), applied to the rows before anything else reads them."""
     prepared, features = Path(prepared), Path(features)
     manifest_path = prepared / MANIFEST_FILE if prepared.is_dir() or not prepared.suffix else prepared
     if not manifest_path.is_file():
@@ -370,6 +376,7 @@ def load_corpus(
         raise PipelineError(f"{manifest_path}: label_map indices are not 0..{len(label_names) - 1}: {label_map}")
     manifest_sha = sha256_file(manifest_path)
     rows = read_manifest(manifest_path)
+    apply_split(rows, meta, split, manifest_path)
     corpus = meta.get("corpus") or (rows[0]["corpus"] if rows else "")
 
     # stores

@@ -4,20 +4,25 @@ Built on HF accelerate, so the same code runs on CPU, one GPU, or several proces
 (`accelerate launch --multi_gpu --num_processes N -m pipeline.cli train ...`, which on a machine
 without GPUs runs N CPU processes with gloo; accelerate 1.x's `--cpu --num_processes N` starts ONE
 process unless an MPI hostfile is given). Predictions are gathered per dialogue with
-`gather_for_metrics` and unpadded per utterance.
+`gather_for_metrics` and unpadded per utterance. The passes do not know which model they run: any
+model of `model.registry`, whose output (`model.common.DialogueModelOutput`) gives the `loss` to
+backpropagate, its `losses` terms to log and the `logits` to predict with.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
+from model.batch import DialogueBatch
 from pipeline.core.errors import PipelineError
 from pipeline.training.data import DialogueBatchSampler, DialogueIndices, SplitData
 from pipeline.training.metrics import classification_metrics
@@ -80,13 +85,50 @@ def lr_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+ANCHOR_MODALITY = "text"  # never dropped nor left out: the modality every prediction keeps
+
+
+def with_modalities(batch: DialogueBatch, keep: Sequence[str]) -> DialogueBatch:
+    """The batch as if only the modalities in `keep` had features (the others unavailable everywhere)."""
+    available = {m: a if m in keep else torch.zeros_like(a) for m, a in batch.available.items()}
+    return replace(batch, available=available)
+
+
+def drop_modalities(batch: DialogueBatch, rate: float, generator: torch.Generator) -> DialogueBatch:
+    """Modality dropout: each utterance loses each modality but ANCHOR_MODALITY with probability `rate`
+    (drawn on CPU from `generator`, so a resumed run draws the same), so the model learns to predict
+    without any of them and cannot lean on one alone."""
+    if rate <= 0:
+        return batch
+    available = {}
+    for m, present in batch.available.items():
+        if m == ANCHOR_MODALITY:
+            available[m] = present
+            continue
+        kept = torch.rand(present.shape, generator=generator) >= rate
+        available[m] = present & kept.to(present.device)
+    return replace(batch, available=available)
+
+
+def modality_subsets(modalities: Sequence[str]) -> list[tuple[str, ...]]:
+    """Every subset that keeps ANCHOR_MODALITY (or all, without it), the full set first, then by size."""
+    if ANCHOR_MODALITY not in modalities:
+        return [tuple(modalities)]
+    others = [m for m in modalities if m != ANCHOR_MODALITY]
+    subsets = [(ANCHOR_MODALITY, *c) for k in range(len(others), -1, -1) for c in itertools.combinations(others, k)]
+    return [tuple(m for m in modalities if m in subset) for subset in subsets]
+
+
 def train_epoch(accelerator: Accelerator, model, loader, optimizer, scheduler, grad_clip: float,
-                loss_names: list[str]) -> dict[str, float]:
+                loss_names: list[str], modality_dropout: float = 0.0,
+                generator: torch.Generator | None = None) -> dict[str, float]:
     """One pass over the training dialogues: {"loss": mean total loss, <term>: mean of each loss term},
-    averaged over the batches of all processes."""
+    averaged over the batches of all processes. `modality_dropout` > 0 needs `generator`."""
     model.train()
     sums = torch.zeros(2 + len(loss_names), dtype=torch.float64, device=accelerator.device)  # loss, batches, terms
     for batch in loader:
+        if modality_dropout > 0:
+            batch = drop_modalities(batch, modality_dropout, generator)
         output = model(batch)
         # a batch without any label still takes part (zero loss), so processes stay in step
         loss = output.loss if output.loss is not None else output.logits.sum() * 0.0
@@ -121,7 +163,8 @@ class Predictions:
         return self.probabilities.argmax(axis=1)
 
 
-def predict(accelerator: Accelerator, model, loader, split: SplitData, num_classes: int) -> Predictions:
+def predict(accelerator: Accelerator, model, loader, split: SplitData, num_classes: int,
+            modalities: Sequence[str] | None = None) -> Predictions:
     """Run `model` over `loader` (prepared by `accelerator`) and gather every utterance's probabilities.
 
     Each batch row is a whole dialogue: its index in the split is gathered with its padded
@@ -134,7 +177,7 @@ def predict(accelerator: Accelerator, model, loader, split: SplitData, num_class
     seen = np.zeros(split.num_utterances, dtype=np.int64)
     with torch.no_grad():
         for batch in loader:
-            output = model(batch)
+            output = model(batch if modalities is None else with_modalities(batch, modalities))
             probs = output.logits.float().softmax(dim=-1)
             index = torch.tensor(
                 [split.dialogue_index(ids[0]) for ids in batch.utterance_ids], dtype=torch.long, device=probs.device
@@ -155,7 +198,9 @@ def predict(accelerator: Accelerator, model, loader, split: SplitData, num_class
 
 
 
-def score(accelerator: Accelerator, model, loader, split: SplitData, label_names: list[str]) -> dict:
-    """The split's classification metrics (`pipeline.training.metrics`) under the current weights."""
-    predictions = predict(accelerator, model, loader, split, len(label_names))
+def score(accelerator: Accelerator, model, loader, split: SplitData, label_names: list[str],
+          modalities: Sequence[str] | None = None) -> dict:
+    """The split's classification metrics (`pipeline.training.metrics`) under the current weights, using
+    only `modalities` (None: all the batch has)."""
+    predictions = predict(accelerator, model, loader, split, len(label_names), modalities)
     return classification_metrics(predictions.gold, predictions.predicted, label_names)

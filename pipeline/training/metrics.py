@@ -45,3 +45,23 @@ def classification_metrics(gold: np.ndarray, predicted: np.ndarray, label_names:
 def summary(metrics: dict[str, Any]) -> dict[str, float]:
     """The three headline scores of a metrics dict."""
     return {k: metrics[k] for k in SUMMARY_KEYS}
+
+
+ORACLE_KEY = "test_best_epoch_oracle"  # in a training metrics.json: the best test epoch's scores (an upper bound)
+
+
+def aggregate_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single run) of each headline score over runs.
+
+    Each run is a metrics.json of `mer train` or `mer evaluate` (splits as keys, each holding
+    SUMMARY_KEYS). Scored: every split that all runs have, and the test-oracle when all runs carry it
+    (`<split>.<score>` keys, e.g. "test.weighted_f1", "test_best_epoch_oracle.weighted_f1")."""
+    if not runs:
+        raise ValueError("no run to aggregate")
+    groups = [name for name in ("train", "dev", "test", ORACLE_KEY) if all(isinstance(r.get(name), dict) for r in runs)]
+    values = {f"{g}.{k}": np.array([float(r[g][k]) for r in runs]) for g in groups for k in SUMMARY_KEYS}
+    return {
+        "count": len(runs),
+        "mean": {key: float(v.mean()) for key, v in values.items()},
+        "std": {key: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for key, v in values.items()},
+    }

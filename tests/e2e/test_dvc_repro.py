@@ -24,9 +24,10 @@ from tests.helpers.dvc_deps import (
 )
 from tests.helpers.report_page import page_svgs, page_table, parse_page
 from pipeline.formats.feature_store import FeatureStoreReader
-from pipeline.formats.manifest import read_manifest
+from pipeline.formats.manifest import manifest_metadata, read_manifest
 
 BIN = Path(sys.executable).parent
+LOSO = Path("protocols/iemocap-loso/dvc.yaml")
 pytestmark = pytest.mark.slow
 
 
@@ -61,6 +62,9 @@ def project(tmp_path_factory) -> Path:
     run(["git", "commit", "-qm", "clone"], dest)
     # every `mer` command of the run logs the project modules it loaded (checked against dvc.yaml below)
     run(["dvc", "repro"], dest, MER_MODULE_LOG=str(module_log(dest)))
+    # the IEMOCAP leave-one-session-out protocol beside the main pipeline (its stages are in the same
+    # DVC index, so the deps checks and `dvc status` below cover them too)
+    run(["dvc", "repro", str(LOSO)], dest, MER_MODULE_LOG=str(module_log(dest)))
     return dest
 
 
@@ -154,6 +158,27 @@ def test_dvc_repro_renders_the_run_page_of_each_corpus(project):
         assert (project / f"data/report/{corpus}/report.md").is_file()
 
 
+def test_the_loso_protocol_tests_each_session_once_and_aggregates_the_five_folds(project):
+    summary = json.loads((project / "data/loso/iemocap/summary.json").read_text())
+    assert summary["count"] == 5 and summary["model"] == "cmath"
+    assert [r["split"] for r in summary["runs"]] == [f"loso-{k}" for k in range(1, 6)]
+    tested = []
+    for k in range(1, 6):
+        fold = project / f"data/loso/iemocap/fold-{k}"
+        assert json.loads((fold / "metrics.json").read_text())["split"] == f"loso-{k}"
+        state = json.loads((fold / "last/trainer_state.json").read_text())
+        assert state["history"]  # trained
+    meta_schemes = json.loads(manifest_metadata(project / "data/prepared/iemocap")["split_schemes"])
+    for k in range(1, 6):
+        tested += meta_schemes[f"loso-{k}"]["test"]
+    dialogues = {r["dialogue_id"] for r in read_manifest(project / "data/prepared/iemocap")}
+    assert sorted(tested) == sorted(dialogues)  # every dialogue is tested exactly once
+    values = [r["test"]["weighted_f1"] for r in summary["runs"]]
+    assert summary["mean"]["test.weighted_f1"] == pytest.approx(sum(values) / 5)
+    metrics = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)
+    assert any("data/loso/iemocap/summary.json" in str(entry) for entry in metrics.values()), metrics
+
+
 def test_dvc_status_is_clean_after_repro(project):
     out = run(["dvc", "status"], project).stdout
     assert "changed" not in out, out
@@ -188,7 +213,7 @@ def test_lineage_of_the_demo_metrics_is_whole_and_agrees_with_dvc_lock(project):
         evaluation = links[f"data/eval/{corpus}/metrics.json"]
         assert evaluation["stage"] == f"evaluate@{corpus}" and evaluation["inputs"] == [f"data/train/{corpus}/best"]
         checkpoint = links[f"data/train/{corpus}/best"]
-        assert checkpoint["stage"] == f"train@{corpus}"
+        assert checkpoint["stage"] == f"train@{corpus}" and checkpoint["facts"]["model name"] == "cmath"
         # the commit of the code that ran: the installed package's checkout, not the project copy's
         assert checkpoint["facts"]["git commit"].split()[0] == run(["git", "rev-parse", "HEAD"], PROJECT_ROOT).stdout.strip()
         assert set(checkpoint["inputs"]) == {
@@ -248,6 +273,43 @@ def test_lineage_names_weights_changed_since_extraction(project):
         code, _, chain = lineage(project, "data/features/meld/face")
         assert code == 1
         assert len(chain["broken"]) == 1 and "model weights at data/models/facenet-random.safetensors changed" in chain["broken"][0]
+
+
+def store_files(store: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(store.iterdir()) if not p.name.startswith(".")}
+
+
+def test_a_cp_a_copy_of_the_project_extracts_its_own_clips_and_passes_lineage(project, tmp_path):
+    """Break a clip in the original, re-extract in the copy: the copy's store is byte-identical to the
+    original's (it read its own intact clip), and lineage passes in the copy."""
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-a", str(project), str(copy)], check=True)
+    row = next(r for r in read_manifest(project / "data/prepared/meld") if r["has_audio"])
+    store = "data/features/meld/audio"
+    with tampered(project / "data/demo/MELD.Raw" / row["audio_path"], b"not an mp4"):
+        shutil.rmtree(copy / store)  # a persisted store would otherwise be resumed, reading nothing
+        run(["dvc", "repro", "--single-item", "extract@meld-audio"], copy)
+        assert store_files(copy / store) == store_files(project / store)
+        code, text, chain = lineage(copy)
+        assert code == 0 and chain["broken"] == [], text
+        assert lineage(project)[0] == 1  # the original does see its broken clip
+
+
+def test_a_git_clone_and_dvc_pull_passes_lineage(project, tmp_path):
+    """A fresh clone pulled from a DVC remote: every raw file has a new mtime, its content decides."""
+    remote, clone = tmp_path / "remote", tmp_path / "clone"
+    run(["dvc", "remote", "add", "--local", "--default", "--force", "demo", str(remote)], project)
+    run(["dvc", "push", "-q"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "reproduced"], project)
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    run(["dvc", "remote", "add", "--local", "--default", "demo", str(remote)], clone)
+    run(["dvc", "pull", "-q"], clone)
+    assert "changed" not in run(["dvc", "status"], clone).stdout
+    clip = next((clone / "data/demo/MELD.Raw").rglob("*.mp4"))
+    assert clip.stat().st_mtime_ns != (project / clip.relative_to(clone)).stat().st_mtime_ns
+    code, text, chain = lineage(clone)
+    assert code == 0 and chain["broken"] == [], text
 
 
 def test_changing_audio_settings_reruns_only_the_audio_stages(project):

@@ -175,13 +175,17 @@ def test_max_frames_and_downscale(weights, meld):
     assert len(set(decoded.data["times"])) == 4
 
 
-def test_iemocap_speaker_half(extractor, iemocap):
-    """F turns keep the left half, M turns the right one, and the speaker's face is found there."""
+@pytest.mark.parametrize("letter", ["F", "M"])
+def test_iemocap_speaker_half(extractor, iemocap, letter):
+    """In a Ses0xF dialogue F turns keep the left half, in a Ses0xM dialogue M turns do (the real
+    release's rule); the other actor's turns keep the right half, and the speaker's face is found there."""
     root, rows = iemocap
     decoder = extractor.decoder()
     decoder.raw_root = root
-    by_side = {side: next(r for r in rows.values() if r["video_region"] == side) for side in ("left", "right")}
-    assert by_side["left"]["utterance_id"][-4] == "F" and by_side["right"]["utterance_id"][-4] == "M"
+    dialogue_rows = [r for r in rows.values() if r["dialogue_id"][5] == letter]
+    by_side = {side: next(r for r in dialogue_rows if r["video_region"] == side) for side in ("left", "right")}
+    other = {"F": "M", "M": "F"}[letter]
+    assert by_side["left"]["utterance_id"][-4] == letter and by_side["right"]["utterance_id"][-4] == other
     for side, row in by_side.items():
         full = decoder({**row, "video_region": "full"}).data["frames"]
         half = decoder(row).data["frames"]

@@ -118,7 +118,7 @@ def _write_summary(prepared: Path) -> None:
     utterances = [Utterance(**{k: v for k, v in row.items() if k in names}) for row in read_manifest(prepared)]
     result = CorpusReadResult(corpus="meld", label_policy="synthetic", label_names=LABELS, utterances=utterances,
                               excluded=[], split_rule="synthetic", utterances_seen=len(utterances))
-    (prepared / SUMMARY_FILE).write_text(json.dumps(build_summary(result, prepared), indent=2), encoding="utf-8")
+    (prepared / SUMMARY_FILE).write_text(json.dumps(build_summary(result, str(prepared)), indent=2), encoding="utf-8")
 
 
 def write_feature_pickle(path: Path, dialogues: int = 6) -> Path:

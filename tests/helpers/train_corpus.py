@@ -31,12 +31,14 @@ def make_corpus(
     missing: dict[str, float] | None = None,
     seed: int = 0,
     label_map_size: int | None = None,
+    split_schemes: dict[str, dict[str, list[str]]] | None = None,
 ) -> tuple[Path, Path]:
     """Write root/prepared/<corpus>/manifest.parquet and root/features/<corpus>/<modality>/; return both folders.
 
     `missing[m]`: share of utterances without a feature in modality m (1.0 = none at all).
     `label_map_size`: the manifest's label map keeps only the first k classes, so the utterances of the
     others have a label index outside it (as from a reader bug or a hand-edited manifest).
+    `split_schemes`: other splits the manifest offers, as a reader records them (e.g. IEMOCAP's folds).
     """
     dialogues = dialogues or {"train": 40, "dev": 12, "test": 12}
     missing = missing or {"face": 0.2}
@@ -62,6 +64,8 @@ def make_corpus(
     prepared.mkdir(parents=True, exist_ok=True)
     label_map = {n: i for i, n in enumerate(LABELS[:label_map_size])}
     metadata = {"corpus": corpus, "label_policy": "synthetic", "label_map": json.dumps(label_map)}
+    if split_schemes:
+        metadata["split_schemes"] = json.dumps(split_schemes)
     write_manifest(utterances, prepared / MANIFEST_FILE, metadata)
     write_stores(root / "features" / corpus, prepared, utterances, signal, modalities, missing, seed)
     return prepared, root / "features" / corpus

@@ -160,12 +160,15 @@ def test_speaker_and_video_region_from_id(benchmark: CorpusReadResult) -> None:
     male, female = utts["Ses01F_impro01_M000"], utts["Ses01F_impro01_F000"]
     assert (male.speaker, male.video_region) == ("Ses01_M", "right")
     assert (female.speaker, female.video_region) == ("Ses01_F", "left")
+    # a Ses0xM dialogue puts its M actor on the left (the release's rule; was: F left everywhere)
+    assert utts["Ses03M_impro05a_F003"].video_region == "right"
     assert (utts["Ses03M_impro05a_F003"].speaker, utts["Ses03M_impro05a_F003"].dialogue_id) == (
         "Ses03_F",
         "Ses03M_impro05a",
     )
     assert utts["Ses05M_script01_1b_M012"].dialogue_id == "Ses05M_script01_1b"
-    assert iemocap.SPEAKER_FRAME_SIDE == {"F": "left", "M": "right"}
+    m_left = [u for u in utts.values() if u.dialogue_id[5] == "M" and u.utterance_id[-4] == "M"]
+    assert m_left and all(u.video_region == "left" for u in m_left)
 
 
 def test_split_rule(benchmark: CorpusReadResult) -> None:
@@ -184,6 +187,45 @@ def test_split_rule(benchmark: CorpusReadResult) -> None:
     assert len(iemocap.DEV_DIALOGUES) == 12
     assert all(d[4] in "1234" for d in iemocap.DEV_DIALOGUES)
     assert "Session 5 test" in benchmark.split_rule and "\n" not in benchmark.split_rule
+
+
+def test_leave_one_session_out_folds_test_every_dialogue_exactly_once(benchmark: CorpusReadResult) -> None:
+    folds = benchmark.split_schemes
+    dialogues = sorted({u.dialogue_id for u in benchmark.utterances})
+    assert list(folds) == [f"loso-{k}" for k in range(1, 6)]
+    tested = [d for fold in folds.values() for d in fold["test"]]
+    assert sorted(tested) == dialogues  # each dialogue is the test set of exactly one fold
+    for k, fold in enumerate(folds.values(), start=1):
+        assert fold["test"] == [d for d in dialogues if d[3:5] == f"{k:02d}"]
+        assert not set(fold["dev"]) & set(fold["test"])
+        for session in {d[3:5] for d in dialogues} - {f"{k:02d}"}:  # ceil(10 %) of each other session: here 1
+            assert len([d for d in fold["dev"] if d[3:5] == session]) == 1
+
+
+def test_loso_dev_is_a_fixed_pick_of_ceil_a_tenth_of_each_session() -> None:
+    sessions = {s: [f"Ses0{s}F_impro{i:02d}" for i in range(1, 31)] for s in range(1, 6)}  # 30 per session
+    names = [n for group in sessions.values() for n in group]
+    folds = iemocap.loso_folds(names)
+    assert folds == iemocap.loso_folds(list(reversed(names)))  # order of reading does not matter
+    for k in range(1, 6):
+        dev = folds[f"loso-{k}"]["dev"]
+        assert len(dev) == 12 and all(d[4] != str(k) for d in dev)  # 3 of each of the four other sessions
+    for s in sessions:  # a session gives the same dev dialogues to every fold that does not test it
+        picks = {tuple(d for d in folds[f"loso-{k}"]["dev"] if d[4] == str(s)) for k in range(1, 6) if k != s}
+        assert len(picks) == 1 and len(next(iter(picks))) == 3
+
+
+def test_the_manifest_offers_the_folds_and_training_can_apply_them(tree: Path, tmp_path: Path) -> None:
+    from pipeline.formats.manifest import apply_split, manifest_metadata, split_schemes
+
+    prepare_corpus("iemocap", tree, tmp_path / "out")
+    meta = manifest_metadata(tmp_path / "out")
+    assert split_schemes(meta) == read_iemocap(tree, "benchmark").split_schemes
+    rows = read_manifest(tmp_path / "out")
+    apply_split(rows, meta, "loso-2", tmp_path / "out")
+    assert {r["dialogue_id"] for r in rows if r["split"] == "test"} == {"Ses02F_impro02", "Ses02M_impro03"}
+    with pytest.raises(PipelineError, match="has no split 'loso-6'; it offers release, loso-1, loso-2"):
+        apply_split(rows, meta, "loso-6", tmp_path / "out")
 
 
 def test_audio_paths_and_missing_wav_flagged_not_dropped(benchmark: CorpusReadResult) -> None:
@@ -422,3 +464,63 @@ def test_turn_with_impossible_span_is_kept_and_flagged(
 def test_fixture_spans_are_not_flagged(benchmark: CorpusReadResult) -> None:
     flags = {f for u in benchmark.utterances for f in u.flags}
     assert not flags & {"end_before_start", "negative_start"}
+
+
+# --- found by the property tests (test_reader_properties.py, issue 11, item 7) ---------------------
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\x85", "\x0c", "\x1e"])
+def test_transcript_text_with_a_unicode_line_separator_is_kept_whole(tmp_path: Path, separator: str) -> None:
+    """str.splitlines broke lines there too: the text was cut to "Excuse" and "me." ignored as a line
+    without an id, shifting the later lines' numbers."""
+    path = fresh_tree(tmp_path) / "Session1" / "dialog" / "transcriptions" / "Ses01F_impro01.txt"
+    lines = path.read_text().split("\n")
+    lines[0] = f"Ses01F_impro01_F000 [001.0000-002.0000]: Excuse{separator}me."
+    path.write_text("\n".join(lines))
+    result = read_iemocap(tmp_path, "benchmark")
+    assert by_id(result)["Ses01F_impro01_F000"].text == f"Excuse{separator}me."
+    transcript = "Session1/dialog/transcriptions/Ses01F_impro01.txt"
+    assert sorted(result.ignored["transcript_lines_without_id"]) == [f"{transcript}:3", f"{transcript}:9"]
+
+
+@pytest.mark.parametrize(
+    ("line_4", "was"),
+    [
+        ("C-E1:\tHappiness;\t()\x0c", "line 10"),  # a form feed before the newline counted as a line
+        ("C-E1:\tHappiness;\t(curious\u2028tired)", "'unexpected line' on line 5"),
+    ],
+)
+def test_error_lines_count_only_line_breaks(tmp_path: Path, line_4: str, was: str) -> None:
+    path = fresh_tree(tmp_path) / "Session1" / "dialog" / "EmoEvaluation" / "Ses01M_impro01.txt"
+    lines = path.read_text().split("\n")  # not rewrite_line: its splitlines() would break line 4 too
+    lines[3], lines[8] = line_4, "[5.0000 - 6.0000]\tSes01M_impro01_F001\tjoy\t[2.5000, 3.0000, 2.5000]"
+    path.write_text("\n".join(lines))
+    with pytest.raises(CorpusFormatError, match="unknown emotion label 'joy'") as info:
+        read_iemocap(tmp_path, "benchmark")
+    assert (info.value.path, info.value.line) == (path, 9), was
+
+
+def test_a_non_utf8_byte_in_a_file_with_cr_line_ends_names_its_line(tmp_path: Path) -> None:
+    """Lines ended by a lone CR were read as lines, but the decode error counted only LFs (line 1)."""
+    path = fresh_tree(tmp_path) / "Session4" / "dialog" / "transcriptions" / "Ses04F_script02_1.txt"
+    lines = path.read_bytes().splitlines()
+    lines[1] = lines[1].replace(b"Hello", b"H\xe9llo")
+    path.write_bytes(b"\r".join(lines) + b"\r")
+    with pytest.raises(CorpusFormatError, match="not UTF-8 text") as info:
+        read_iemocap(tmp_path, "benchmark")
+    assert (info.value.path, info.value.line) == (path, 2)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" + "9" * 400 + " - 2.0000]\tSes04F_script02_1_F000\tsad\t[2.5000, 3.0000, 2.5000]",  # start was inf
+        "[1.0000 - 2.0000]\tSes04F_script02_1_F000\tsad\t[2.5000, -" + "9" * 400 + ", 2.5000]",  # a VAD value
+    ],
+)
+def test_a_summary_number_beyond_the_float_range_is_an_error(tmp_path: Path, text: str) -> None:
+    path = fresh_tree(tmp_path) / "Session4" / "dialog" / "EmoEvaluation" / "Ses04F_script02_1.txt"
+    rewrite_line(path, 3, text)
+    with pytest.raises(CorpusFormatError, match="times and VAD values must be finite") as info:
+        read_iemocap(tmp_path, "benchmark")
+    assert (info.value.path, info.value.line) == (path, 3)

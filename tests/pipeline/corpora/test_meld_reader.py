@@ -361,3 +361,61 @@ def test_cli_missing_split_csv_is_one_line_exit_2(demo_corpus, tmp_path, capsys)
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert err.startswith(f"mer prepare: error: {raw / CSV_FILES['train']}: MELD train CSV is missing"), err
+
+
+# --- found by the property tests (test_reader_properties.py, issue 11, item 7) ------------------------
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("Utterance_ID", "99999999999"),  # was read, then writing the int32 turn_index failed: exit 1
+        ("Utterance_ID", "2147483648"),
+        ("Dialogue_ID", "9" * 25),  # was an utterance dev_dia999..._utt1
+        ("Season", "9" * 5000),  # was "Exceeds the limit (4300 digits) for integer string conversion"
+    ],
+)
+def test_ids_beyond_the_manifests_int32_are_errors_naming_the_column(tmp_path, column, value):
+    write_csvs(tmp_path / "raw", {"dev": [_row(1, "Fine.", "Joey", "neutral", 0, 0), _bad(column, value)]})
+    path = tmp_path / "raw" / "dev_sent_emo.csv"
+    with pytest.raises(CorpusFormatError, match=f"column {column}: '9*[0-9]*' is out of range") as info:
+        prepare_corpus("meld", tmp_path / "raw", tmp_path / "out")
+    assert str(info.value).startswith(f"{path}:3: column {column}: ")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_largest_int32_id_is_read_and_written(tmp_path):
+    write_csvs(tmp_path / "raw", {"dev": [_bad("Utterance_ID", "2147483647")]})
+    prepare_corpus("meld", tmp_path / "raw", tmp_path / "out")
+    row = next(r for r in read_manifest(tmp_path / "out") if r["split"] == "dev")
+    assert (row["utterance_id"], row["turn_index"]) == ("dev_dia0_utt2147483647", 2147483647)
+
+
+def test_a_field_over_the_csv_size_limit_is_an_error_naming_its_line(tmp_path):
+    """csv.Error escaped the reader (exit 1); a runaway quoted field ends the same way."""
+    write_csvs(tmp_path, {"train": [_row(1, "Fine.", "Joey", "neutral", 0, 0), _row(2, "x" * 131_073, "Joey", "joy", 0, 1)]})
+    path = tmp_path / "train_sent_emo.csv"
+    with pytest.raises(CorpusFormatError, match=r"unreadable CSV \(field larger than field limit") as info:
+        read_meld(tmp_path, "emotion")
+    assert (info.value.path, info.value.line) == (path, 3)
+
+
+def test_a_byte_undefined_in_cp1252_of_a_cp1252_file_names_its_line(tmp_path):
+    """A file with no UTF-8 in it is read as cp1252; its bytes 0x81, 0x8d, 0x8f, 0x90, 0x9d were an error
+    naming only the file."""
+    write_csvs(tmp_path, {"dev": [_row(1, "Café.", "Joey", "neutral", 0, 0), _row(2, "Hi\x81.", "Joey", "joy", 0, 1)]},
+               newline="\r\n", encoding="latin-1")
+    path = tmp_path / "dev_sent_emo.csv"
+    with pytest.raises(CorpusFormatError, match="byte 0x81 is neither UTF-8 nor cp1252 text") as info:
+        read_meld(tmp_path, "emotion")
+    assert (info.value.path, info.value.line) == (path, 3)
+    assert str(info.value).startswith(f"{path}:3: ")
+
+
+@pytest.mark.parametrize(("column", "value"), [("Utterance_ID", "\uff11"), ("Dialogue_ID", "\u0661"), ("StartTime", "0:00:0\u0661,000")])
+def test_non_ascii_digits_are_not_read_as_numbers(tmp_path, column, value):
+    """`\\d` matched any Unicode digit, so a fullwidth `１` or an Arabic-Indic `١` was quietly read as 1."""
+    write_csvs(tmp_path / "raw", {"dev": [_row(1, "Fine.", "Joey", "neutral", 0, 0), _bad(column, value)]})
+    with pytest.raises(CorpusFormatError, match=f"column {column}: ") as info:
+        prepare_corpus("meld", tmp_path / "raw", tmp_path / "out")
+    assert str(info.value).startswith(f"{tmp_path / 'raw' / 'dev_sent_emo.csv'}:3: ")

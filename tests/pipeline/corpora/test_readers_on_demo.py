@@ -66,7 +66,7 @@ def test_iemocap_rows_match_the_generated_truth(iemocap):
         utt = rows[key]
         assert utt.label == ("hap" if key in relabelled else item["label"])
         assert (utt.split, utt.speaker, utt.text) == (item["split"], item["actor"], item["text"])
-        assert utt.video_region == quirks["video_halves"][item["speaker"]]
+        assert utt.video_region == item["video_half"]  # the generator's own record of where it drew the speaker
         assert utt.audio_path == item["wav"].removeprefix("IEMOCAP_full_release/")
         assert utt.has_audio and utt.has_video and utt.has_text
 
@@ -97,4 +97,6 @@ def test_the_independent_statements_of_the_raw_layout_agree_with_the_readers():
     assert list(meld_layout.EMOTIONS) == meld.EMOTIONS
     assert iemocap_layout.ROOT == iemocap_tree.RELEASE_DIR == iemocap.RELEASE_DIR
     assert len(iemocap_layout.DEV_DIALOGUES) == 12 and frozenset(iemocap_layout.DEV_DIALOGUES) == iemocap.DEV_DIALOGUES
-    assert iemocap_layout.VIDEO_HALF == iemocap.SPEAKER_FRAME_SIDE
+    for dialogue in ("Ses01F_impro01", "Ses03M_impro05a"):
+        for gender in "FM":
+            assert iemocap_layout.video_half(dialogue, gender) == iemocap.speaker_frame_side(f"{dialogue}_{gender}001")

@@ -369,7 +369,10 @@ def test_iemocap_layout_covers_every_session_and_split(demo):
         assert u["video"] == f"IEMOCAP_full_release/Session{s}/dialog/avi/DivX/{d}.avi"
         assert (root / u["wav"]).is_file() and (root / u["video"]).is_file()
         assert (release / f"Session{s}/dialog/transcriptions/{d}.txt").is_file()
-        assert u["video_half"] == {"F": "left", "M": "right"}[u["speaker"]]
+        # the real release's rule: the actor of the dialogue's session letter on the left
+        assert u["video_half"] == ("left" if u["speaker"] == d[5] else "right")
+    assert {(u["dialogue"][5], u["speaker"], u["video_half"]) for u in turns} == {
+        ("F", "F", "left"), ("F", "M", "right"), ("M", "M", "left"), ("M", "F", "right")}
     for junk in truth["quirks"]["iemocap"]["junk_files"]:
         assert (root / junk).is_file()
 

@@ -18,7 +18,17 @@ from safetensors.torch import save_file
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.outputs import MARKER_FILE
-from pipeline.formats.feature_store import FeatureStoreReader, FeatureStoreWriter, StoreMetadata, shard_name
+from pipeline.formats.feature_store import (
+    FITTED_FILE,
+    FeatureStoreReader,
+    FeatureStoreWriter,
+    FittedState,
+    StoreMetadata,
+    fitted_state_bytes,
+    parse_fitted_state,
+    saved_fitted_state,
+    shard_name,
+)
 from tests.helpers import PROJECT_ROOT
 
 IDS = [f"dia{d}_utt{u}" for d in range(3) for u in range(3)]  # 9 ids; shard size 2 -> 5 shards
@@ -60,9 +70,10 @@ def build_store(
     shard_size: int = SHARD_SIZE,
     reverse: bool = False,
     features: dict[str, torch.Tensor] = FEATURES,
+    fitted: FittedState | None = None,
 ) -> None:
     """A complete store; `reverse` writes shards, and each shard's dict, in the opposite order."""
-    with FeatureStoreWriter(folder, meta, IDS, shard_size) as writer:
+    with FeatureStoreWriter(folder, meta, IDS, shard_size, fitted=fitted) as writer:
         shards = writer.pending_shards()
         for k in reversed(shards) if reverse else shards:
             feats, flags = shard_inputs(writer, k, features)
@@ -291,3 +302,94 @@ def test_bad_shard_input_is_rejected(tmp_path, features, flags, message):
         with pytest.raises(PipelineError, match=message):
             writer.write_shard(0, features, flags)
         assert writer.pending_shards() == [0, 1, 2, 3, 4]
+
+
+def fitted_state(scale: float = 1.0, fit_sha256: str = "ef" * 32) -> FittedState:
+    """A fitted extractor's state as the extract stage hands it to the store: JSON info + named tensors."""
+    return FittedState(
+        info={"vocabulary": ["happy", "so happy", "wedding"], "settings": {"min_df": 2, "ngram_range": [1, 2]}},
+        tensors={"idf": torch.tensor([1.5, 2.0, 1.25]) * scale, "components": torch.arange(6.0).reshape(2, 3)},
+        fit_sha256=fit_sha256,
+        num_inputs=7,
+    )
+
+
+def test_a_fitted_state_is_saved_with_the_store_and_hashed_into_its_identity(tmp_path):
+    folder = tmp_path / "store"
+    build_store(folder, fitted=fitted_state())
+    data = (folder / FITTED_FILE).read_bytes()
+    assert data == fitted_state_bytes(fitted_state())  # deterministic bytes
+    reader = FeatureStoreReader(folder)
+    assert reader.metadata["fitted"] == {"file": FITTED_FILE, "sha256": hashlib.sha256(data).hexdigest(),
+                                         "fit_sha256": "ef" * 32, "num_inputs": 7}
+    index = json.loads((folder / "index.json").read_text())
+    assert index["store"]["fitted"]["sha256"] == hashlib.sha256(data).hexdigest()
+    state = reader.fitted_state()
+    assert state.info == fitted_state().info and state.fit_sha256 == "ef" * 32 and state.num_inputs == 7
+    assert all(torch.equal(state.tensors[k], v) for k, v in fitted_state().tensors.items())
+    # a plain safetensors file: any safetensors reader opens it, no code runs (no pickle)
+    from safetensors import safe_open
+
+    with safe_open(folder / FITTED_FILE, framework="pt") as handle:
+        assert sorted(handle.keys()) == ["components", "idf"]
+        assert json.loads(handle.metadata()["mer_fitted"])["info"]["vocabulary"][1] == "so happy"
+    build_store(tmp_path / "plain")  # an extractor without a fit step: no state, no "fitted" key
+    assert FeatureStoreReader(tmp_path / "plain").fitted_state() is None
+    assert not (tmp_path / "plain" / FITTED_FILE).exists() and "fitted" not in FeatureStoreReader(tmp_path / "plain").metadata
+
+
+def test_another_fitted_state_makes_every_shard_stale_and_withdraws_the_index(tmp_path):
+    folder = tmp_path / "store"
+    build_store(folder, fitted=fitted_state())
+    with FeatureStoreWriter(folder, META, IDS, SHARD_SIZE, fitted=fitted_state(scale=2.0)) as writer:
+        assert writer.pending_shards() == [0, 1, 2, 3, 4]
+        assert not (folder / "index.json").exists()  # no reader sees the old index beside the new state
+        assert (folder / FITTED_FILE).read_bytes() == fitted_state_bytes(fitted_state(scale=2.0))
+    # the same state again: the finished shards stay finished
+    build_store(tmp_path / "same", fitted=fitted_state())
+    with FeatureStoreWriter(tmp_path / "same", META, IDS, SHARD_SIZE, fitted=fitted_state()) as writer:
+        assert writer.pending_shards() == []
+        assert (tmp_path / "same" / "index.json").exists()
+
+
+def test_a_store_that_is_no_longer_fitted_drops_its_fitted_state(tmp_path):
+    build_store(tmp_path / "store", fitted=fitted_state())
+    build_store(tmp_path / "store")  # the same metadata without a fit step: every shard is redone
+    build_store(tmp_path / "fresh")
+    assert folder_digest(tmp_path / "store") == folder_digest(tmp_path / "fresh")
+    assert "fitted" not in FeatureStoreReader(tmp_path / "store").metadata
+
+
+def test_a_saved_state_is_reused_only_for_the_same_fit_and_once_the_store_committed_to_it(tmp_path):
+    folder = tmp_path / "store"
+    assert saved_fitted_state(folder, "ef" * 32) is None  # nothing saved
+    with FeatureStoreWriter(folder, META, IDS, SHARD_SIZE, fitted=fitted_state()) as writer:
+        assert (folder / FITTED_FILE).is_file()
+        assert saved_fitted_state(folder, "ef" * 32) is None  # saved, but no shard was made with it yet
+        writer.write_shard(0, *shard_inputs(writer, 0))
+    saved = saved_fitted_state(folder, "ef" * 32)  # killed after shard 0: a resume reuses it
+    assert saved is not None and fitted_state_bytes(saved) == fitted_state_bytes(fitted_state())
+    assert saved_fitted_state(folder, "00" * 32) is None  # fitted on other inputs
+
+    edited = fitted_state(scale=3.0)  # same recorded fit, other numbers: not what the shard was made with
+    (folder / FITTED_FILE).write_bytes(fitted_state_bytes(edited))
+    assert saved_fitted_state(folder, "ef" * 32) is None
+    (folder / FITTED_FILE).write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    assert saved_fitted_state(folder, "ef" * 32) is None
+    with pytest.raises(ValueError, match="not a fitted-state file"):
+        parse_fitted_state((folder / FITTED_FILE).read_bytes())
+
+
+def test_reader_detects_an_edited_or_missing_fitted_state(tmp_path):
+    folder = tmp_path / "store"
+    build_store(folder, fitted=fitted_state())
+    path = folder / FITTED_FILE
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # one tensor byte
+    path.write_bytes(bytes(data))
+    with pytest.raises(PipelineError, match=r"fitted\.safetensors: sha256 does not match index\.json"):
+        FeatureStoreReader(folder)
+    FeatureStoreReader(folder, verify=False)  # hashing skipped on request
+    path.unlink()
+    with pytest.raises(PipelineError, match=r"fitted\.safetensors: the fitted state listed in index\.json is missing"):
+        FeatureStoreReader(folder, verify=False)

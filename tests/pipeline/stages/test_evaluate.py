@@ -142,3 +142,27 @@ def test_two_process_training_gathers_exactly_what_one_process_evaluates(corpus,
     for split in ("dev", "test"):
         assert single[split]["counts"]["utterances"] == record[split]["counts"]["utterances"]
         assert single[split] == record[split], split
+
+
+@pytest.mark.parametrize("name", ["mlp", "bigru", "late_fusion"])
+def test_a_baseline_checkpoint_evaluates_to_the_scores_training_reported(corpus, tmp_path, capsys, name):
+    """The baseline's checkpoint goes through `load_model` in a separate `mer evaluate`: the same dev and
+    test scores as training recorded for the selected epoch."""
+    prepared, features = corpus
+    trained = tmp_path / "train"
+    train("meld", prepared, features, trained, TrainConfig(**{**CONFIG, "model": {"name": name, "hidden_size": 16}}),
+          log=lambda line: None)
+    out = tmp_path / "eval"
+    code = main(["evaluate", "--checkpoint", str(trained / "best"), "--prepared", str(prepared),
+                 "--features", str(features), "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert f"(model {name}, epoch " in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    record = json.loads((trained / "best/checkpoint.json").read_text())
+    reported = json.loads((trained / "metrics.json").read_text())
+    assert metrics["checkpoint"]["model"] == record["model_name"] == reported["model"] == name
+    for split in ("dev", "test"):
+        assert metrics[split] == record[split], split
+        assert {k: metrics[split][k] for k in ("accuracy", "weighted_f1", "macro_f1")} == reported[split]
+    with open(out / "predictions.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == metrics["test"]["counts"]["utterances"]

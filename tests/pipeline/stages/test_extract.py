@@ -2,7 +2,8 @@
 
 Determinism, resumption after SIGKILL, which settings invalidate a store, and full coverage of the
 manifest are properties of the runner, so they are tested once here with the fastest extractor;
-each extractor's own tests cover its decoding and model.
+each extractor's own tests cover its decoding and model. The fit step of a fitted extractor
+(train split only, its state saved and reused on resume, traced by lineage) is tested with `tfidf`.
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from pipeline.core.errors import PipelineError
 from pipeline.stages.extract import extract_features
 from pipeline.formats.feature_store import FeatureStoreReader
-from pipeline.formats.manifest import read_manifest
+from pipeline.formats.manifest import MANIFEST_FILE, manifest_metadata, raw_root_of, read_manifest
+from tests.helpers import PROJECT_ROOT
 
 
 def text_section(tiny_models, **overrides) -> dict:
@@ -136,3 +140,117 @@ def test_cli_reports_counts_and_exits_2_on_a_bad_section(prepared_demo, tiny_mod
     params.write_text(yaml.safe_dump({"extract": {"text": text_section(tiny_models)}}))
     assert main(args) == 0
     assert (tmp_path / "s" / "index.json").exists()
+
+
+# ---- a fitted extractor (tfidf): the fit step ----
+
+def tfidf_section(**overrides) -> dict:
+    return {"extractor": "tfidf", "width": 32, "shard_size": 16, **overrides}
+
+
+def copied_manifest(src: Path, dst: Path, keep, edit=lambda row: row) -> Path:
+    """The rows of the manifest in `src` that `keep` accepts, passed through `edit`, written to `dst`."""
+    table = pq.read_table(src / MANIFEST_FILE)
+    meta = manifest_metadata(src)
+    meta["raw_root"] = str(raw_root_of(src, meta).resolve())
+    rows = [edit(dict(r)) for r in table.to_pylist() if keep(r)]
+    dst.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema.with_metadata(meta)), dst / MANIFEST_FILE)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def meld_tfidf_store(prepared_demo, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("stores") / "meld-tfidf"
+    extract_features("text", prepared_demo["meld"], out, tfidf_section())
+    return out
+
+
+KILLED_EXTRACT = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+real_replace = os.replace
+def replace_then_die(src, dst):
+    if os.path.basename(dst) == "shard-00003.safetensors":  # killed with shards 0-2 and the fitted state written
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_replace(src, dst)
+os.replace = replace_then_die
+from pipeline.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_killed_fitted_run_resumes_with_its_saved_state_to_the_same_store(
+    meld_tfidf_store: Path, prepared_demo, tmp_path: Path
+) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"extract": {"text": tfidf_section()}}))
+    out = tmp_path / "store"
+    args = ["extract", "text", "--manifest", str(prepared_demo["meld"]), "--out", str(out), "--params", str(params)]
+    killed = subprocess.run([sys.executable, "-c", KILLED_EXTRACT, str(PROJECT_ROOT), *args], capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    assert sorted(p.name for p in out.glob("shard-*")) == [f"shard-0000{k}.safetensors" for k in range(3)]
+    assert (out / "fitted.safetensors").is_file() and not (out / "index.json").exists()
+
+    kept = {p.name: p.stat().st_mtime_ns for p in out.glob("*.safetensors")}
+    resumed = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, check=True)
+    assert "fitted on 76 train utterances only (reused the state saved in the store" in resumed.stdout
+    assert {name: (out / name).stat().st_mtime_ns for name in kept} == kept  # state and finished shards kept
+    assert files(out) == files(meld_tfidf_store)
+
+
+def test_a_manifest_without_a_train_split_is_refused_before_anything_is_written(prepared_demo, tmp_path: Path, capsys) -> None:
+    from pipeline.cli import main
+
+    held_out = copied_manifest(prepared_demo["meld"], tmp_path / "held-out", keep=lambda r: r["split"] != "train")
+    out = tmp_path / "store"
+    with pytest.raises(PipelineError) as info:
+        extract_features("text", held_out, out, tfidf_section())
+    message = str(info.value)
+    assert message.startswith(f"{held_out / MANIFEST_FILE}: has no train split (splits: dev, test)")
+    assert "fitted on the train split only" in message and "\n" not in message
+    assert not out.exists()
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"extract": {"text": tfidf_section()}}))
+    assert main(["extract", "text", "--manifest", str(held_out), "--out", str(out), "--params", str(params)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("mer extract: error: ") and "has no train split" in line
+    assert not out.exists()
+
+    def no_train_text(r):
+        if r["split"] == "train":
+            r["text"], r["has_text"] = "", False
+        return r
+
+    silent = copied_manifest(prepared_demo["meld"], tmp_path / "silent", keep=lambda r: True, edit=no_train_text)
+    with pytest.raises(PipelineError, match=r"manifest\.parquet: none of its 76 train utterances has a non-empty text"):
+        extract_features("text", silent, out, tfidf_section())
+    assert not out.exists()
+
+
+def test_lineage_shows_the_fitted_state_and_an_edited_one_is_a_broken_link(meld_tfidf_store: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from pipeline.stages.lineage import describe, trace
+
+    store = tmp_path / "features" / "meld" / "text"
+    shutil.copytree(meld_tfidf_store, store)
+    lineage = trace([store], project=tmp_path)
+    [link] = lineage.links.values()
+    recorded = FeatureStoreReader(store).metadata["fitted"]
+    assert link.facts["fitted state"].startswith(f"fitted.safetensors sha256 {recorded['sha256'][:12]}, fitted on 76 train")
+    assert link.facts["model"] == "fitted on the train split (no pretrained weights)"
+    assert lineage.broken == [] and lineage.problems("warning") == []  # no weights to look for
+    assert any(c.status == "ok" and c.what.startswith("fitted.safetensors matches index.json") for c in link.checks)
+    assert "fitted state: fitted.safetensors" in describe(lineage)
+
+    state = store / "fitted.safetensors"
+    data = bytearray(state.read_bytes())
+    data[-1] ^= 0xFF  # one number of the SVD components
+    state.write_bytes(bytes(data))
+    [broken] = trace([store], project=tmp_path).broken
+    assert "fitted.safetensors changed since extraction" in broken and recorded["sha256"][:12] in broken
+    state.unlink()
+    [broken] = trace([store], project=tmp_path).broken
+    assert "fitted.safetensors recorded in index.json is missing" in broken

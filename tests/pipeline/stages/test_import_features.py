@@ -25,7 +25,7 @@ from pipeline.cli import main
 from pipeline.core.errors import PipelineError
 from pipeline.formats.feature_store import FeatureStoreReader, FeatureStoreWriter
 from pipeline.stages.import_features import LABEL_NAMES, LAYOUTS, Layout, carve_dev, import_features
-from pipeline.formats.manifest import MANIFEST_FILE, SUMMARY_FILE, manifest_metadata, read_manifest
+from pipeline.formats.manifest import MANIFEST_FILE, SUMMARY_FILE, manifest_metadata, raw_root_of, read_manifest
 
 DIMS = {"text": 6, "audio": 5, "visual": 3}
 LAYOUT = {layout.name: layout for layout in LAYOUTS}
@@ -186,7 +186,8 @@ def test_round_trip_keeps_every_value_label_speaker_text_and_split(tmp_path, nam
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     assert meta["corpus"] == layout.corpus and meta["label_policy"] == f"imported-{layout.format}"
     assert json.loads(meta["label_map"]) == {n: i for i, n in enumerate(labels)}
-    assert meta["raw_root"] == str(path.resolve()) and meta["raw_tree_sha256"] == sha
+    prepared = out / "prepared" / layout.corpus
+    assert raw_root_of(prepared, meta).resolve() == path.resolve() and meta["raw_tree_sha256"] == sha
     store_meta = _store(out, layout.corpus, "audio").metadata
     assert store_meta["extractor"] == f"import:{layout.format}" and store_meta["model_id"] == path.name
     assert store_meta["model_sha256"] == sha and store_meta["dtype"] == "float32"
@@ -432,7 +433,7 @@ def test_reimport_replaces_an_earlier_import_but_never_prepare_output(tmp_path, 
     assert "train 9 dialogues" not in report and "  dev: 1 dialogues" in report and "face: not in this layout" in report
     assert "audio [5] from videoAudio: stored train" in report
     assert not (out / "features/meld/face").exists()  # the earlier import was replaced whole
-    assert manifest_metadata(out / "prepared/meld")["raw_root"] == str(no_visual.resolve())
+    assert raw_root_of(out / "prepared/meld", manifest_metadata(out / "prepared/meld")).resolve() == no_visual.resolve()
     assert sorted(p.name for p in out.iterdir()) == ["features", "prepared"] and not _hidden_entries(out)
 
     (out / "prepared/iemocap").mkdir(parents=True)  # e.g. made by `mer prepare`

@@ -54,7 +54,7 @@ def _write_summary(prepared: Path) -> dict:
         excluded=[Exclusion(split="test", utterance_id="test_dia999_utt0", reason="label 'xxx' not in policy")],
         split_rule="synthetic", utterances_seen=len(utterances) + 1,
     )
-    summary = build_summary(result, prepared)
+    summary = build_summary(result, str(prepared))
     (prepared / SUMMARY_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary
 
@@ -217,6 +217,8 @@ def test_numbers_equal_the_source_files(run, report):
     assert oracle["test weighted F1"] == f"{trained['test_best_epoch_oracle']['weighted_f1']:.4f}"
 
     lineage = page_table(parser, "field")
+    assert lineage["model"]["value"] == checkpoint["model_name"] == trained["model"] == "cmath"
+    assert "<h1>Run report: meld, model cmath</h1>" in html_text
     assert lineage["git commit"]["value"].startswith(checkpoint["code"]["git_commit"])
     assert lineage["checkpoint epoch"]["value"] == str(checkpoint["epoch"]) == str(trained["best_epoch"])
     assert lineage["manifest sha256"]["value"] == checkpoint["data"]["manifest_sha256"]
@@ -365,3 +367,32 @@ def test_outputs_of_different_runs_are_called_out(run, tmp_path):
     out = tmp_path / "out"
     html_path, _ = write_run_report("meld", run["prepared"], run["features"], run["train"], evaluation, out)
     assert "Warning: the evaluation scored epoch 99, training selected epoch" in html_path.read_text(encoding="utf-8")
+
+
+def test_the_page_names_the_model_and_calls_out_an_evaluation_of_another(run, tmp_path):
+    """The model comes from the checkpoint (one from before checkpoints named it is CMATH's); an evaluation
+    of another model's checkpoint is a warning on the page."""
+    import shutil
+
+    trained, evaluation = tmp_path / "train", tmp_path / "eval"
+    shutil.copytree(run["train"], trained)
+    shutil.copytree(run["eval"], evaluation)
+    checkpoint_json = trained / "best/checkpoint.json"
+    checkpoint_json.write_text(json.dumps({**json.loads(checkpoint_json.read_text()), "model_name": "bigru"}))
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    metrics["checkpoint"]["model"] = "late_fusion"
+    (evaluation / "metrics.json").write_text(json.dumps(metrics))
+    html_path, md_path = write_run_report("meld", run["prepared"], run["features"], trained, evaluation, tmp_path / "a")
+    page = html_path.read_text(encoding="utf-8")
+    assert page_table(parse_page(page), "field")["model"]["value"] == "bigru"
+    assert "<h1>Run report: meld, model bigru</h1>" in page
+    assert md_path.read_text(encoding="utf-8").startswith("# Run report: meld, model bigru\n")
+    assert "Warning: the evaluation scored a late_fusion checkpoint, the training folder holds bigru" in page
+
+    legacy = {k: v for k, v in json.loads(checkpoint_json.read_text()).items() if k != "model_name"}
+    checkpoint_json.write_text(json.dumps(legacy))
+    train_metrics = json.loads((trained / "metrics.json").read_text())
+    (trained / "metrics.json").write_text(json.dumps({k: v for k, v in train_metrics.items() if k != "model"}))
+    html_path, _ = write_run_report("meld", run["prepared"], run["features"], trained, run["eval"], tmp_path / "b")
+    page = html_path.read_text(encoding="utf-8")
+    assert page_table(parse_page(page), "field")["model"]["value"] == "cmath" and "Warning" not in page

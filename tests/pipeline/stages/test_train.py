@@ -1,4 +1,5 @@
-"""The trainer (model/data.py, model/train.py, `mer train`) on synthetic feature stores with a planted class signal.
+"""The trainer (pipeline/training, pipeline/stages/train.py, `mer train`) on synthetic feature stores with a planted
+class signal, for CMATH and the baselines.
 
 Chance on the planted corpus: 4 balanced classes, so a weighted F1 near 0.25. The alignment check
 requires a test weighted F1 above 0.8 with the features in place and below 0.4 with them shuffled
@@ -8,6 +9,7 @@ across utterances (`feature_shuffle`).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import fields, replace
 from pathlib import Path
@@ -18,8 +20,9 @@ import yaml
 
 from tests.helpers import PROJECT_ROOT
 from model.batch import IGNORE_LABEL
+from model.registry import model_names, model_spec
 from pipeline.training.data import SpeakerMap, load_corpus
-from pipeline.stages.train import TrainConfig, load_train_config, train
+from pipeline.stages.train import CODE_FILES, TrainConfig, code_version, load_train_config, train
 from pipeline.cli import main
 from pipeline.core.errors import PipelineError
 from pipeline.formats.feature_store import FeatureStoreReader
@@ -272,3 +275,256 @@ def test_cli_seeds_writes_one_run_per_seed_and_mean_std(corpus, tmp_path, capsys
     assert summary["mean"]["test.weighted_f1"] == pytest.approx(sum(values) / 2)
     assert summary["std"]["test.weighted_f1"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
     assert "+-" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------------
+# models: CMATH (the default) and the baselines, selected by train.model.name
+# ---------------------------------------------------------------------------------------------------
+
+BASELINES = ("mlp", "bigru", "late_fusion")
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory) -> tuple[Path, Path]:
+    return make_corpus(tmp_path_factory.mktemp("planted"), dialogues={"train": 40, "dev": 12, "test": 24},
+                       signal=2.0, seed=3)
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_every_baseline_trains_through_the_same_trainer_and_learns_the_planted_signal(planted, tmp_path, name):
+    # measured over corpus seeds 0, 1, 3 x training seeds 0-1: test weighted F1 0.977-1.00 (chance 0.25)
+    out = tmp_path / "out"
+    config = replace(SMALL, epochs=8, model={"name": name, "hidden_size": 16, "dropout": 0.1})
+    metrics = train("meld", *planted, out, config, **QUIET)
+    assert metrics["model"] == name and metrics["test"]["weighted_f1"] > 0.8, metrics
+    record = json.loads((out / "best/checkpoint.json").read_text())
+    assert record["model_name"] == name and record["train_config"]["model"]["name"] == name
+    config_class = model_spec(name).config_class
+    assert set(record["model_config"]) == {f.name for f in fields(config_class)}
+    assert record["model_config"]["input_dims"] == {"text": 12, "audio": 8, "face": 6}
+    # the shared dvclive logging: the model's one loss term and the total, per epoch
+    curves = out / "dvclive/plots/metrics"
+    assert sorted(p.name for p in (curves / "train").iterdir()) == ["ce.tsv", "loss.tsv"]
+    assert len((curves / "dev/weighted_f1.tsv").read_text().splitlines()) == 1 + 8
+    state = json.loads((out / "last/trainer_state.json").read_text())
+    assert all(set(entry["train"]) == {"loss", "ce"} for entry in state["history"])
+
+
+def test_cmath_named_explicitly_trains_exactly_the_default_model(corpus, straight, tmp_path):
+    named = replace(SMALL, model={**SMALL.model, "name": "cmath"})
+    assert named.model_name == SMALL.model_name == "cmath"
+    metrics = train("meld", *corpus, tmp_path / "named", named, **QUIET)
+    assert sha256_file(tmp_path / "named/best/model.safetensors") == sha256_file(straight / "best/model.safetensors")
+    assert metrics["test"] == json.loads((straight / "metrics.json").read_text())["test"]
+    record = json.loads((straight / "best/checkpoint.json").read_text())
+    assert record["model_name"] == "cmath" and metrics["model"] == "cmath"
+
+
+def test_another_model_with_the_same_settings_does_not_resume(corpus, tmp_path):
+    out = tmp_path / "out"
+    mlp = replace(SMALL, epochs=1, model={"name": "mlp", "hidden_size": 16})
+    train("meld", *corpus, out, mlp, **QUIET)
+    lines: list[str] = []
+    train("meld", *corpus, out, replace(mlp, model={"name": "late_fusion", "hidden_size": 16}), log=lines.append)
+    assert any("starting afresh" in line for line in lines), lines
+    assert any(line.startswith("model late_fusion: ") and line.endswith(" parameters") for line in lines)
+    assert json.loads((out / "best/checkpoint.json").read_text())["model_name"] == "late_fusion"
+
+
+def _train_cli(corpus, tmp_path: Path, train_section: dict) -> tuple[int, Path, Path]:
+    """`mer train` with a params file holding `train_section`: (exit code, params file, --out)."""
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"train": train_section}))
+    out = tmp_path / "out"
+    code = main(["train", "--corpus", "meld", "--prepared", str(corpus[0]), "--features", str(corpus[1]),
+                 "--out", str(out), "--params", str(params)])
+    return code, params, out
+
+
+def test_cli_unknown_model_name_is_one_line_exit_2_listing_the_choices(corpus, tmp_path, capsys):
+    for section, key in (({"model": {"name": "transformer"}}, "train.model.name"),
+                         ({"meld": {"model": {"name": "transformer"}}}, "train.meld.model.name")):
+        code, params, out = _train_cli(corpus, tmp_path, section)
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1, err
+        assert f"{params}:{key}: unknown model 'transformer'; choose one of cmath, mlp, bigru, late_fusion" in err
+        assert not out.exists()
+
+
+def test_cli_a_setting_the_named_model_does_not_have_is_one_line_exit_2(corpus, tmp_path, capsys):
+    code, params, out = _train_cli(corpus, tmp_path, {"model": {"name": "bigru", "hidden_size": 16, "num_heads": 2}})
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and not out.exists(), err
+    assert f"{params}:train.model.num_heads: unknown key; known keys: class_weights, dropout, hidden_size, name, " \
+           "num_layers, use_speaker_embedding (the bigru model's settings; num_heads is a setting of cmath only: " \
+           "put it under train.model.cmath, which only cmath reads)" in err
+    code, params, out = _train_cli(corpus, tmp_path, {"model": {"name": "mlp", "use_speaker_embedding": False}})
+    err = capsys.readouterr().err
+    assert code == 2 and "train.model.use_speaker_embedding: unknown key" in err and not out.exists()
+    assert "use_speaker_embedding is a setting of cmath, bigru: put it under train.model.<model name> for each" in err
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"name": "mlp", "bigru": {"hiden_size": 3}}, "train.model.bigru.hiden_size: unknown key; known keys: "),
+    ({"cmath": {"num_heads": "two"}}, "train.model.cmath.num_heads: must be an integer, got 'two'"),
+    ({"cmath": [2]}, "train.model.cmath: must be a mapping of cmath settings, got [2]"),
+    ({"name": "late_fusion", "late_fusion": {"num_classes": 3}},
+     "train.model.late_fusion.num_classes: comes from the data"),
+    ({"name": ["mlp"]}, "train.model.name: unknown model ['mlp']; choose one of"),
+])
+def test_model_blocks_and_names_are_checked_where_they_are_written(tmp_path, model, message):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"train": {"model": model}}))
+    with pytest.raises(PipelineError, match=re.escape(f"{params}:{message}")):
+        load_train_config(params, "meld")
+
+
+def test_a_models_block_applies_only_to_it_and_is_merged_key_by_key_with_the_corpus_override(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"train": {
+        "model": {"hidden_size": 32, "cmath": {"num_heads": 2, "dropout": 0.3}, "bigru": {"dropout": 0.2}},
+        "iemocap": {"model": {"name": "bigru", "cmath": {"num_heads": 4}, "bigru": {"num_layers": 2}}},
+    }}))
+    meld = load_train_config(params, "meld")
+    assert meld.model_name == "cmath" and meld.model_settings() == {"hidden_size": 32, "dropout": 0.3, "num_heads": 2}
+    iemocap = load_train_config(params, "iemocap")
+    assert iemocap.model["cmath"] == {"num_heads": 4, "dropout": 0.3}  # the corpus's block merged into the shared one
+    assert iemocap.model_name == "bigru"
+    assert iemocap.model_settings() == {"hidden_size": 32, "dropout": 0.2, "num_layers": 2}
+    params.write_text(yaml.safe_dump({"train": {
+        "model": {"cmath": {"num_heads": 2}}, "iemocap": {"model": {"cmath": {"num_heads": "x"}}},
+    }}))
+    bad = f"{params}:train.iemocap.model.cmath.num_heads: must be an integer"
+    with pytest.raises(PipelineError, match=re.escape(bad)):
+        load_train_config(params, "iemocap")
+
+
+def test_a_setting_beside_the_name_and_in_a_block_is_an_error_not_a_silent_choice(tmp_path):
+    """README's "size it like the paper" sets train.model.num_heads; with the cmath block holding it too,
+    neither may silently win."""
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"train": {"model": {"num_heads": 4, "cmath": {"num_heads": 2}}}}))
+    with pytest.raises(PipelineError, match=re.escape(
+            f"{params}:train.model.num_heads: is set both here and in the cmath block (cmath.num_heads); "
+            "write a setting once")):
+        load_train_config(params, "meld")
+    params.write_text(yaml.safe_dump({"train": {"model": {"cmath": {"num_heads": 2}},
+                                                "iemocap": {"model": {"num_heads": 4}}}}))
+    with pytest.raises(PipelineError, match=re.escape(f"{params}:train.iemocap.model.num_heads: is set both here")):
+        load_train_config(params, "iemocap")
+    assert load_train_config(params, "meld").model_settings() == {"num_heads": 2}
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_the_projects_params_select_every_model_by_its_name_alone(tmp_path, name):
+    """`dvc exp run -S train.model.name=<name>`: the project's params.yaml with only the name changed is valid,
+    and CMATH keeps the demo's settings."""
+    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    assert raw["train"]["model"]["name"] == "cmath"
+    raw["train"]["model"]["name"] = name
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    for corpus_name in ("meld", "iemocap"):
+        config = load_train_config(params, corpus_name)
+        settings = config.model_settings()
+        assert config.model_name == name
+        model_spec(name).config_class(input_dims={"text": 8}, num_classes=4, num_speakers=3, **settings)
+    if name == "cmath":
+        assert settings == {"hidden_size": 64, "num_layers": 1, "num_heads": 2, "dropout": 0.1, "class_weights": None}
+    else:
+        assert "num_heads" not in settings
+
+
+def test_code_files_hold_every_model_and_training_module():
+    """A `last/` state trained by other model or training code is another run: every such module counts."""
+    modules = {p.relative_to(PROJECT_ROOT).as_posix()
+               for folder in ("model", "pipeline/training") for p in (PROJECT_ROOT / folder).glob("*.py")}
+    assert modules | {"pipeline/stages/train.py"} == set(CODE_FILES)
+    assert set(code_version()["model_sources_sha256"]) == set(CODE_FILES)
+
+
+# ---------------------------------------------------------------------------------------------------
+# split schemes (IEMOCAP's leave-one-session-out folds)
+# ---------------------------------------------------------------------------------------------------
+
+FOLD = {"dev": ["train_dia000", "train_dia001"], "test": ["dev_dia000", "dev_dia001", "test_dia000"]}
+
+
+@pytest.fixture(scope="module")
+def folded(tmp_path_factory) -> tuple[Path, Path]:
+    return make_corpus(tmp_path_factory.mktemp("folded"), dialogues={"train": 12, "dev": 4, "test": 4},
+                       split_schemes={"fold-a": FOLD})
+
+
+def test_a_split_scheme_of_the_manifest_decides_train_dev_and_test(folded, tmp_path):
+    data = load_corpus(*folded, ["text"], split="fold-a")
+    assert sorted(data.splits["test"].dialogue_ids) == FOLD["test"]
+    assert sorted(data.splits["dev"].dialogue_ids) == FOLD["dev"]
+    assert "test_dia001" in data.splits["train"].dialogue_ids  # release test, train in this scheme
+    metrics = train("meld", *folded, tmp_path / "run", replace(SMALL, epochs=2, split="fold-a"), **QUIET)
+    assert metrics["split"] == "fold-a"
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["split"] == "fold-a"
+    from pipeline.stages.evaluate import evaluate_checkpoint
+
+    results = evaluate_checkpoint(tmp_path / "run" / "best", *folded, tmp_path / "eval", cpu=True)
+    assert results["test"]["weighted_f1"] == metrics["test"]["weighted_f1"]  # scored on the trained scheme's test
+    ids = {line.split(",")[0] for line in (tmp_path / "eval" / "predictions.csv").read_text().splitlines()[1:]}
+    assert {uid.rsplit("_", 1)[0] for uid in ids} == set(FOLD["test"])
+
+
+def test_cli_a_split_the_manifest_does_not_offer_is_one_line_exit_2(folded, tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"train": {"epochs": 1}}))
+    out = tmp_path / "out"
+    code = main(["train", "--corpus", "meld", "--prepared", str(folded[0]), "--features", str(folded[1]),
+                 "--out", str(out), "--params", str(params), "--split", "loso-6"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "has no split 'loso-6'; it offers release, fold-a" in err
+    assert not out.exists()  # nothing half-written
+
+
+def test_cli_model_override_trains_the_named_baseline_and_names_the_flag_on_error(folded, tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"train": {"epochs": 1, "model": {"hidden_size": 8}}}))
+    argv = ["train", "--corpus", "meld", "--prepared", str(folded[0]), "--features", str(folded[1]), "--params", str(params)]
+    assert main([*argv, "--out", str(tmp_path / "run"), "--model", "mlp"]) == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["model"] == "mlp"
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "bad"), "--model", "transformer"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--model: unknown model 'transformer'" in err, err
+
+
+def test_select_modalities_uses_the_dev_best_subset_for_test_and_evaluation(folded, tmp_path):
+    """Each epoch scores dev with the four subsets that keep text; the selected epoch's subset is the
+    argmax, recorded in the checkpoint, and `mer evaluate` reproduces the test score with it."""
+    config = replace(SMALL, epochs=3, modality_dropout=0.3, select_modalities=True)
+    metrics = train("meld", *folded, tmp_path / "run", config, **QUIET)
+    history = json.loads((tmp_path / "run" / "last" / "trainer_state.json").read_text())["history"]
+    for entry in history:
+        by_subset = entry["dev_by_modalities"]
+        order = ["text+audio+face", "text+audio", "text+face", "text"]  # fullest first
+        assert sorted(by_subset) == sorted(order)
+        best = max(by_subset.values())
+        chosen = "+".join(entry["modalities"])
+        assert by_subset[chosen] == best == entry["dev"]["weighted_f1"]
+        assert chosen == next(k for k in order if by_subset[k] == best)  # the fuller subset on ties
+    record = json.loads((tmp_path / "run" / "best" / "checkpoint.json").read_text())
+    assert record["inference_modalities"] == metrics["inference_modalities"]
+    from pipeline.stages.evaluate import evaluate_checkpoint
+
+    results = evaluate_checkpoint(tmp_path / "run" / "best", *folded, tmp_path / "eval", cpu=True)
+    assert results["test"]["weighted_f1"] == metrics["test"]["weighted_f1"]
+    assert results["checkpoint"]["inference_modalities"] == record["inference_modalities"]
+
+
+def test_modality_dropout_changes_training_and_a_resumed_run_draws_the_same(folded, tmp_path):
+    plain = train("meld", *folded, tmp_path / "plain", replace(SMALL, epochs=2), **QUIET)
+    config = replace(SMALL, epochs=2, modality_dropout=0.5)
+    dropped = train("meld", *folded, tmp_path / "dropped", config, **QUIET)
+    assert dropped["test"] != plain["test"] or dropped["dev"] != plain["dev"]
+    again = train("meld", *folded, tmp_path / "again", config, **QUIET)
+    assert (again["dev"], again["test"]) == (dropped["dev"], dropped["test"])  # seeded per epoch
+    weights = lambda run: (tmp_path / run / "best" / "model.safetensors").read_bytes()  # noqa: E731
+    assert weights("again") == weights("dropped")
