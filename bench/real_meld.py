@@ -36,6 +36,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
+import yaml
 
 from model.registry import model_names
 from pipeline.core.fingerprint import sha256_file
@@ -54,8 +55,9 @@ NOISE_DIMS = {"audio": 1024, "face": 512}
 TEXT = {"extractor": "tfidf", "width": 100, "ngram_max": 2, "min_df": 2, "sublinear_tf": True,
         "device": "cpu", "num_workers": 0}
 # sized to fit the whole grid (4 models x 4 conditions x 5 seeds) in about 30 minutes on 2 CPU cores
-TRAIN = {"epochs": 12, "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 16, "patience": 0, "scheduler": "cosine",
-         "mixed_precision": "no", "min_speaker_count": 2}
+# the project's robust setting for every model (params.yaml): modality dropout, modalities selected on dev
+TRAIN = {"epochs": 10, "lr": 2e-3, "weight_decay": 1e-4, "batch_size": 32, "patience": 0, "scheduler": "cosine",
+         "mixed_precision": "no", "min_speaker_count": 2, "modality_dropout": 0.5, "select_modalities": True}
 MODEL = {"hidden_size": 64, "dropout": 0.2}
 MODEL_EXTRA = {"cmath": {"num_layers": 1, "num_heads": 2}, "bigru": {"num_layers": 1}}
 
@@ -121,16 +123,16 @@ def largest_dev_drop(run: Path) -> float:
 
 
 def one_run(model: str, condition: str, seed: int, prepared: Path, features: Path, out: Path,
-            schedule: dict[str, object]) -> dict[str, float]:
-    """One training (in a worker process); `schedule` is TRAIN as the parent set it (epochs from the CLI)."""
+            schedule: dict[str, object], settings: dict[str, object]) -> dict[str, float]:
+    """One training (in a worker process); `schedule` and `settings` are TRAIN and the model's settings
+    as the parent set them from the command line (a spawned worker re-imports this module's defaults)."""
     started = time.perf_counter()
     modalities = ["text"] if condition == "text_only" else ["text", "audio", "face"]
-    config = TrainConfig(**schedule, seed=seed, modalities=modalities,
-                         model={"name": model, **MODEL, **MODEL_EXTRA.get(model, {})})
+    config = TrainConfig(**schedule, seed=seed, modalities=modalities, model={"name": model, **settings})
     metrics = train("meld", prepared, features, out, config, cpu=True, log=lambda line: None)
     return {"test": metrics["test"]["weighted_f1"], "oracle": metrics["test_best_epoch_oracle"]["weighted_f1"],
             "dev_drop": largest_dev_drop(out), "best_epoch": metrics["best_epoch"],
-            "seconds": time.perf_counter() - started}
+            "modalities": "+".join(metrics["inference_modalities"] or []), "seconds": time.perf_counter() - started}
 
 
 def stats(values: list[float]) -> dict[str, object]:
@@ -145,11 +147,22 @@ def main() -> None:
     parser.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=CONDITIONS)
     parser.add_argument("--epochs", type=int, default=TRAIN["epochs"])
     parser.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1), help="runs side by side")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override a train setting for every run (YAML values), e.g. modality_dropout=0.5")
+    parser.add_argument("--model-set", nargs="*", default=[], metavar="MODEL.KEY=VALUE",
+                        help="override one model's setting, e.g. cmath.num_layers=2")
     parser.add_argument("--out", type=Path, default=PROJECT / "bench" / "results" / "real_meld.json")
     args = parser.parse_args()
     if not MELD_CSVS.is_dir():
         sys.exit(f"{MELD_CSVS}: the real MELD CSVs are not here (../shared/data beside the checkout)")
     TRAIN["epochs"] = args.epochs
+    for assignment in args.set:
+        key, _, value = assignment.partition("=")
+        TRAIN[key] = yaml.safe_load(value)
+    for assignment in args.model_set:
+        dotted, _, value = assignment.partition("=")
+        model, _, key = dotted.partition(".")
+        MODEL_EXTRA.setdefault(model, {})[key] = yaml.safe_load(value)
     started = time.perf_counter()
     results: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -165,12 +178,14 @@ def main() -> None:
         with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=torch.set_num_threads, initargs=(1,)) as pool:
             futures = {pool.submit(one_run, m, c, seed, prepared, features[c], work / "runs" / f"{m}-{c}-{seed}",
-                                   TRAIN): (m, c, seed) for m, c, seed in grid}
+                                   TRAIN, {**MODEL, **MODEL_EXTRA.get(m, {})}): (m, c, seed)
+                       for m, c, seed in grid}
             for future in as_completed(futures):
                 (m, c, seed), run = futures[future], future.result()
                 done[(m, c, seed)] = run
                 print(f"{m:12} {c:10} seed {seed}: test {run['test']:.4f} oracle {run['oracle']:.4f} dev drop "
-                      f"{run['dev_drop']:.1f} pts, best epoch {run['best_epoch']} ({run['seconds']:.0f} s)", flush=True)
+                      f"{run['dev_drop']:.1f} pts, best epoch {run['best_epoch']} on {run['modalities']} "
+                      f"({run['seconds']:.0f} s)", flush=True)
         for model in args.models:
             for condition in args.conditions:
                 runs = [done[(model, condition, seed)] for seed in range(args.seeds)]
@@ -179,6 +194,7 @@ def main() -> None:
                     "oracle_weighted_f1": stats([r["oracle"] for r in runs]),
                     "max_dev_drop_points": max(r["dev_drop"] for r in runs),
                     "seconds_per_run": statistics.fmean(r["seconds"] for r in runs),
+                    "selected_modalities": [r["modalities"] for r in runs],
                 }
     results["config"] = {
         "train": TRAIN, "model": MODEL, "model_extra": MODEL_EXTRA, "text": TEXT, "noise_dims": NOISE_DIMS,

@@ -327,7 +327,10 @@ def test_changing_audio_settings_reruns_only_the_audio_stages(project):
         assert {p: p.stat().st_mtime_ns for p in untouched} == untouched
         audio = FeatureStoreReader(project / "data/features/meld/audio")
         assert audio.metadata["params"]["pooling"] == "mean"
-        assert "changed" not in run(["dvc", "status"], project).stdout
+        assert "changed" not in run(["dvc", "status", "dvc.yaml"], project).stdout
+        # the protocol trains on the IEMOCAP audio store too: its folds are now out of date, and say so
+        stale = set(json.loads(run(["dvc", "status", "--json", str(LOSO)], project).stdout))
+        assert stale == LOSO_TRAIN, stale
     assert "changed" not in run(["dvc", "status"], project).stdout  # restored for the next test
 
 
@@ -352,7 +355,7 @@ def test_changing_one_corpus_params_reruns_only_its_branch(project):
 def test_every_stage_depends_on_exactly_the_project_modules_its_command_loaded(project):
     """What each `mer` command really imported during `dvc repro` against its stage's deps in dvc.yaml."""
     stages = dvc_stages(project)
-    assert len(stages) == 16
+    assert len(stages) == 16 + 6  # the main pipeline, and the LOSO protocol (5 folds + aggregate)
     loaded = read_module_log(module_log(project))
     missing = missing_code_deps(stages, loaded)
     # and no more: a dep on a module the command never loads would mark the stage stale for nothing
@@ -379,6 +382,7 @@ def test_the_deps_check_names_a_removed_dep(project, tmp_path):
 
 
 # one module per layer, and the stages that must go stale when it changes (None: every stage)
+LOSO_TRAIN = {f"{LOSO}:train@{fold}" for fold in range(1, 6)}  # the protocol's train stages, as DVC names them
 LAYER_PROBES = {
     "pipeline/cli.py": None,
     "pipeline/core/errors.py": None,
@@ -386,12 +390,13 @@ LAYER_PROBES = {
         *(f"extract@{c}-{m}" for c in ("meld", "iemocap") for m in ("text", "audio", "face")),
         "train@meld", "train@iemocap", "evaluate@meld", "evaluate@iemocap",
         "report@meld", "report@iemocap",  # the report reads the stores' index.json (INDEX_FILE)
+        *LOSO_TRAIN,
     },
     "pipeline/corpora/meld.py": {"prepare@meld"},
     "pipeline/demo/media.py": {"demo_corpus"},
     "extractors/audio.py": {"extract@meld-audio", "extract@iemocap-audio"},
-    "model/cmath.py": {"train@meld", "train@iemocap", "evaluate@meld", "evaluate@iemocap"},
-    "pipeline/training/loop.py": {"train@meld", "train@iemocap", "evaluate@meld", "evaluate@iemocap"},
+    "model/cmath.py": {"train@meld", "train@iemocap", "evaluate@meld", "evaluate@iemocap", *LOSO_TRAIN},
+    "pipeline/training/loop.py": {"train@meld", "train@iemocap", "evaluate@meld", "evaluate@iemocap", *LOSO_TRAIN},
     "pipeline/stages/report.py": {"report@meld", "report@iemocap"},
 }
 

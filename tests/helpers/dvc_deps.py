@@ -35,7 +35,10 @@ def dvc_stages(project: Path) -> list[Stage]:
             words = shlex.split(stage.cmd if isinstance(stage.cmd, str) else " ".join(stage.cmd))
             deps = tuple(str(Path(d.fs_path).resolve().relative_to(project.resolve())) for d in stage.deps
                          if Path(d.fs_path).resolve().is_relative_to(project.resolve()))
-            name = stage.addressing.rsplit(":", 1)[-1]  # "<dvc.yaml path>:<name>" when run from elsewhere
+            # as `dvc status --json` names it: bare in the project's dvc.yaml, "<its dvc.yaml>:<name>" in
+            # another one (e.g. protocols/iemocap-loso/dvc.yaml:train@1)
+            dvcfile = Path(stage.dvcfile.path).resolve().relative_to(project.resolve()).as_posix()
+            name = stage.name if dvcfile == "dvc.yaml" else f"{dvcfile}:{stage.name}"
             stages.append(Stage(name, tuple(words[1:]) if words[:1] == ["mer"] else tuple(words), deps))
     return stages
 
