@@ -1,123 +1,56 @@
-"""wav2vec2 audio features: one pooled vector per utterance from a transformers wav2vec2 encoder.
+"""What every audio extractor reads from a manifest row: the utterance's span as a mono waveform.
 
-Worker side (`AudioDecoder`): read the utterance's span (soundfile for WAV and the other libsndfile
-formats, PyAV with its bundled FFmpeg for the audio track of MELD's mp4 clips), average the channels,
-resample to the feature extractor's rate with soxr, normalise with the checkpoint's own feature
-extractor (once over the whole utterance, so every window of a long clip shares one level), and cut
-the result into windows of at most `window_s`. Main process (`encode`): run the model on each window,
-average the chosen `layers`, pool over all frames of all windows (`mean`, or `mean_std` = mean and
-population std concatenated, 2 * hidden).
+Shared by the audio extractors (`hf_audio`, `opensmile`), so that they decode the same samples and
+agree on why a row has no audio. soundfile reads WAV and the other libsndfile formats, PyAV (its
+bundled FFmpeg) the audio track of MELD's mp4 clips; channels are averaged and the result resampled
+with soxr to the rate the extractor asks for.
 
-Batching rule: every window runs through the model alone, as a batch of one. Group-norm wav2vec2
-(wav2vec2-base and the tiny test model) changes its outputs when inputs are zero-padded, and even
-equal-length inputs stacked in one batch do not give bitwise the same outputs as each run alone
-(measured on CPU; GPU libraries also pick kernels by shape). Running windows alone
-makes an utterance's feature a function of that utterance only: it does not depend on the other
-rows of its batch, on `batch_size`, on the worker count or on where a resumed run restarts.
-
-Edge cases, all giving a well-defined feature or one short missing reason, never an exception:
-
-- audio shorter than `min_duration_s` is flagged ``audio_too_short``; below the conv stack's
-  minimum input (400 samples = 25 ms at 16 kHz for wav2vec2-base) it is zero-padded at the end to
-  that minimum, after normalisation, so zero is the normalised mean;
-- audio whose RMS is below `silence_rms` is flagged ``silent_audio``; the feature extractor's
-  zero-mean/unit-variance step divides by sqrt(var + 1e-7), so all-zero input stays all zero (no NaN);
-- zero samples (an empty span, an audio track that decodes to nothing) is missing ``empty_audio``:
-  a feature made of padding alone would say nothing about the utterance;
-- no file, an empty file, no audio stream, an undecodable file: missing with a reason naming it.
+Why a row has no waveform is one short reason, raised as `AudioUnavailable` and stored as the
+utterance's missing reason: the manifest's own flag when it gives one, `missing_file`, `empty_file`,
+`unreadable_audio: <error>`, `no_audio_stream`, `empty_audio` (zero samples: a feature made of
+padding alone would say nothing about the utterance), `non_finite_audio`. Short and silent audio keep
+their feature and are flagged (`audio_too_short`, `silent_audio`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import av
 import numpy as np
 import soundfile
 import soxr
-import torch
 
-from extractors.base import (
-    Decoded,
-    Decoder,
-    Encoded,
-    Extractor,
-    ExtractorConfig,
-    autocast,
-    load_pretrained,
-    register_extractor,
-    weights_sha256,
-)
-from pipeline.core.torchvision_compat import ensure_torchvision_ops
-from pipeline.core.errors import PipelineError
+from extractors.base import ExtractorConfig
 from pipeline.core.params import ParamError
 
-# transformers' model modules import torchvision, which fails on a CPU-only torch until the
-# fallback NMS is registered.
-ensure_torchvision_ops()
-
-from transformers import AutoFeatureExtractor, Wav2Vec2Model  # noqa: E402
-
-PARAM_KEY = "extract.audio.model"
 # manifest flags that say why a row has no audio, most specific first (see pipeline/corpora)
 NO_AUDIO_FLAGS = ("missing_clip", "unreadable_clip", "clip_without_audio", "missing_audio", "unreadable_audio")
 
 
 @dataclass
-class AudioConfig(ExtractorConfig):
-    """params.yaml `extract.audio`."""
+class AudioInputConfig(ExtractorConfig):
+    """The settings every audio extractor shares (flags on the decoded waveform)."""
 
-    model: str = "facebook/wav2vec2-base"  # a local folder or a hub id
-    layers: list[int] = field(default_factory=lambda: [-1])  # hidden_states indices, averaged
-    pooling: Literal["mean", "mean_std"] = "mean"  # mean | mean_std (mean and std over time: 2 * hidden)
-    window_s: float = 20.0  # long clips are encoded in windows of at most this (bounds memory)
     min_duration_s: float = 0.1  # shorter audio is flagged audio_too_short
     silence_rms: float = 1e-4  # RMS (full scale 1.0) below which audio is flagged silent_audio
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.layers:
-            raise ParamError("layers", "must be a non-empty list of hidden-state indices, got []")
-        if len(set(self.layers)) != len(self.layers):
-            raise ParamError("layers", f"lists an index twice: {self.layers!r}")
-        if not self.window_s > 0:
-            raise ParamError("window_s", f"must be positive, got {self.window_s}")
         if not self.min_duration_s >= 0:
             raise ParamError("min_duration_s", f"must be 0 or more, got {self.min_duration_s}")
         if not self.silence_rms >= 0:
             raise ParamError("silence_rms", f"must be 0 or more, got {self.silence_rms}")
 
 
-@dataclass
-class AudioInput:
-    """A decoded utterance: the normalised mono waveform and the [start, stop) sample windows to encode."""
-
-    values: torch.Tensor  # float32 [samples]
-    windows: list[tuple[int, int]]
-
-
 class AudioUnavailable(Exception):
     """Why an utterance has no audio feature; the message is the store's missing reason."""
 
 
-def window_bounds(num_samples: int, window: int, min_tail: int) -> list[tuple[int, int]]:
-    """[start, stop) windows of `window` samples covering `num_samples`.
-
-    A last window shorter than `min_tail` is merged into the one before it (so no window is below
-    the conv stack's minimum input); windows are therefore at most `window + min_tail` long.
-    """
-    bounds = [(start, min(start + window, num_samples)) for start in range(0, num_samples, window)]
-    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < min_tail:
-        _, stop = bounds.pop()
-        bounds[-1] = (bounds[-1][0], stop)
-    return bounds
-
-
-def _seconds(value: Any) -> float | None:
+def manifest_seconds(value: Any) -> float | None:
     """A manifest time: None (and NaN, as pandas reads a null) mean "not given"."""
     if value is None:
         return None
@@ -163,7 +96,7 @@ def _read_av(path: Path, start_s: float, end_s: float | None) -> tuple[np.ndarra
     try:
         container = av.open(str(path), mode="r")
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
-        raise AudioUnavailable(f"unreadable_audio: {_describe(exc)}") from None
+        raise AudioUnavailable(f"unreadable_audio: {describe_error(exc)}") from None
     with container:
         if not container.streams.audio:
             raise AudioUnavailable("no_audio_stream")
@@ -197,7 +130,7 @@ def _read_av(path: Path, start_s: float, end_s: float | None) -> tuple[np.ndarra
             error = exc
     if not chunks:
         if error is not None:
-            raise AudioUnavailable(f"unreadable_audio: {_describe(error)}")
+            raise AudioUnavailable(f"unreadable_audio: {describe_error(error)}")
         return np.zeros((channels, 0), np.float32), rate
     samples = np.concatenate(chunks, axis=1)
     assert first_time is not None
@@ -221,7 +154,7 @@ def _frame_samples(frame: av.AudioFrame) -> np.ndarray:
     return (array.astype(np.float64) / scale).astype(np.float32)
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     """An error in one short line, without the file name (the row says which file)."""
     text = getattr(exc, "strerror", None) or str(exc)
     text = text.strip().splitlines()[0] if text.strip() else ""
@@ -229,152 +162,49 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}".replace(";", ",")[:200]
 
 
-@dataclass
-class AudioDecoder(Decoder):
-    """Manifest row -> normalised waveform and windows. Holds the feature extractor, never the model."""
+def utterance_audio(row: dict[str, Any], raw_root: Path, sampling_rate: int) -> np.ndarray:
+    """The row's audio span, mono float32 at `sampling_rate`, with at least one finite sample.
 
-    raw_root: Path
-    feature_extractor: Any  # the checkpoint's Wav2Vec2FeatureExtractor (plain, picklable)
-    min_input_samples: int  # the conv stack's minimum input length
-    min_samples: int  # min_duration_s in samples
-    window_samples: int
-    silence_rms: float
-
-    @property
-    def sampling_rate(self) -> int:
-        return int(self.feature_extractor.sampling_rate)
-
-    def __call__(self, row: dict[str, Any]) -> Decoded:
-        uid = row["utterance_id"]
-        try:
-            values, flags = self._decode(row)
-        except AudioUnavailable as exc:
-            return Decoded(uid, missing=str(exc))
-        windows = window_bounds(len(values), self.window_samples, max(self.min_input_samples, self.min_samples))
-        data = AudioInput(torch.from_numpy(values), windows)
-        return Decoded(uid, data=data, flags=flags)
-
-    def _decode(self, row: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
-        if not row.get("has_audio") or not row.get("audio_path"):
-            reason = next((f for f in NO_AUDIO_FLAGS if f in (row.get("flags") or [])), "no_audio")
-            raise AudioUnavailable(reason)
-        path = self.raw_root / row["audio_path"]
-        if not path.is_file():
-            raise AudioUnavailable("missing_file")
-        if path.stat().st_size == 0:
-            raise AudioUnavailable("empty_file")
-        start = _seconds(row.get("audio_start_s")) or 0.0
-        end = _seconds(row.get("audio_end_s"))
-        try:
-            audio = read_audio(path, start, end, self.sampling_rate)
-        except (av.error.FFmpegError, RuntimeError, OSError, ValueError, EOFError) as exc:
-            raise AudioUnavailable(f"unreadable_audio: {_describe(exc)}") from None
-        if audio.size == 0:
-            raise AudioUnavailable("empty_audio")
-        if not np.isfinite(audio).all():
-            raise AudioUnavailable("non_finite_audio")
-        flags = []
-        if len(audio) < self.min_samples:
-            flags.append("audio_too_short")
-        if float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) < self.silence_rms:
-            flags.append("silent_audio")
-        fe = self.feature_extractor
-        values = fe(audio, sampling_rate=self.sampling_rate, return_tensors="np")["input_values"][0]
-        values = np.asarray(values, dtype=np.float32)
-        if len(values) < self.min_input_samples:
-            pad = np.full(self.min_input_samples - len(values), fe.padding_value, np.float32)
-            values = np.concatenate([values, pad])
-        return np.ascontiguousarray(values), flags
+    Raises AudioUnavailable with the store's missing reason otherwise.
+    """
+    if not row.get("has_audio") or not row.get("audio_path"):
+        reason = next((f for f in NO_AUDIO_FLAGS if f in (row.get("flags") or [])), "no_audio")
+        raise AudioUnavailable(reason)
+    path = Path(raw_root) / row["audio_path"]
+    if not path.is_file():
+        raise AudioUnavailable("missing_file")
+    if path.stat().st_size == 0:
+        raise AudioUnavailable("empty_file")
+    start = manifest_seconds(row.get("audio_start_s")) or 0.0
+    end = manifest_seconds(row.get("audio_end_s"))
+    try:
+        audio = read_audio(path, start, end, sampling_rate)
+    except (av.error.FFmpegError, RuntimeError, OSError, ValueError, EOFError) as exc:
+        raise AudioUnavailable(f"unreadable_audio: {describe_error(exc)}") from None
+    if audio.size == 0:
+        raise AudioUnavailable("empty_audio")
+    if not np.isfinite(audio).all():
+        raise AudioUnavailable("non_finite_audio")
+    return audio
 
 
-@register_extractor
-class AudioExtractor(Extractor):
-    """wav2vec2 (transformers) utterance embeddings: windowed, layer-averaged, pooled over time."""
+def audio_flags(audio: np.ndarray, config: AudioInputConfig, sampling_rate: int) -> list[str]:
+    """The caveats kept with a feature: `audio_too_short`, `silent_audio`."""
+    flags = []
+    if len(audio) < round(config.min_duration_s * sampling_rate):
+        flags.append("audio_too_short")
+    if float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) < config.silence_rms:
+        flags.append("silent_audio")
+    return flags
 
-    name = "wav2vec2"
-    modality = "audio"
-    version = "1"
-    config_class = AudioConfig
 
-    def __init__(self, config: AudioConfig, raw_root: Path, device: torch.device) -> None:
-        super().__init__(config, raw_root, device)
-        self.config: AudioConfig = config
-        model, self._model_dir = load_pretrained("audio", config.model, Wav2Vec2Model.from_pretrained, PARAM_KEY)
-        self.feature_extractor, _ = load_pretrained(
-            "audio", config.model, AutoFeatureExtractor.from_pretrained, PARAM_KEY
-        )
-        self.model = model.eval().to(device)
-        layers = self.model.config.num_hidden_layers + 1  # hidden_states: the encoder input, then each layer
-        bad = [i for i in config.layers if not -layers <= i < layers]
-        if bad:
-            raise PipelineError(
-                f"extract.audio.layers {bad} out of range: {config.model!r} has {layers} hidden states "
-                f"(indices {-layers}..{layers - 1})"
-            )
-        self.sampling_rate = int(self.feature_extractor.sampling_rate)
-        self.min_input_samples = self._min_input_samples()
-        self.window_samples = round(config.window_s * self.sampling_rate)
-        if self.window_samples < self.min_input_samples:
-            raise PipelineError(
-                f"extract.audio.window_s {config.window_s} is shorter than the model's minimum input "
-                f"({self.min_input_samples / self.sampling_rate:.3f} s)"
-            )
-
-    def _min_input_samples(self) -> int:
-        """Fewest samples the conv feature encoder turns into one frame (400 for wav2vec2-base)."""
-        samples = 1
-        for kernel, stride in reversed(list(zip(self.model.config.conv_kernel, self.model.config.conv_stride))):
-            samples = (samples - 1) * stride + kernel
-        return samples
-
-    @property
-    def model_id(self) -> str:
-        return self.config.model
-
-    @cached_property
-    def model_sha256(self) -> str:
-        return weights_sha256(self._model_dir)
-
-    @property
-    def output_dim(self) -> int:
-        hidden = int(self.model.config.hidden_size)
-        return 2 * hidden if self.config.pooling == "mean_std" else hidden
-
-    def size_hint(self, row: dict[str, Any]) -> float:
-        """Seconds of audio: the audio span, else the utterance span (IEMOCAP's wav runs to its end)."""
-        if not row.get("has_audio") or not row.get("audio_path"):
-            return 0.0
-        start, end = _seconds(row.get("audio_start_s")) or 0.0, _seconds(row.get("audio_end_s"))
-        if end is not None:
-            return max(end - start, 0.0)
-        start, end = _seconds(row.get("start_s")), _seconds(row.get("end_s"))
-        return max(end - start, 0.0) if start is not None and end is not None else 0.0
-
-    def decoder(self) -> AudioDecoder:
-        return AudioDecoder(
-            raw_root=self.raw_root,
-            feature_extractor=self.feature_extractor,
-            min_input_samples=self.min_input_samples,
-            min_samples=round(self.config.min_duration_s * self.sampling_rate),
-            window_samples=self.window_samples,
-            silence_rms=self.config.silence_rms,
-        )
-
-    def encode(self, batch: list[Decoded]) -> list[Encoded]:
-        with torch.inference_mode():
-            return [Encoded(item.utterance_id, self._encode_one(item.data), flags=list(item.flags)) for item in batch]
-
-    def _encode_one(self, data: AudioInput) -> torch.Tensor:
-        """Each window alone (see the module docstring), frames of all windows pooled together."""
-        frames = []
-        for start, stop in data.windows:
-            window = data.values[start:stop].unsqueeze(0).to(self.device)
-            with autocast(self.device):
-                hidden = self.model(window, output_hidden_states=True).hidden_states
-            chosen = torch.stack([hidden[i][0].float() for i in self.config.layers])
-            frames.append(chosen.mean(dim=0))
-        states = torch.cat(frames)  # [frames, hidden]
-        mean = states.mean(dim=0)
-        if self.config.pooling == "mean_std":
-            return torch.cat([mean, states.std(dim=0, correction=0)]).cpu()
-        return mean.cpu()
+def audio_seconds(row: dict[str, Any]) -> float:
+    """Seconds of audio from the manifest alone (a size hint): the audio span, else the utterance span
+    (IEMOCAP's wav runs to its end); 0 for a row without audio."""
+    if not row.get("has_audio") or not row.get("audio_path"):
+        return 0.0
+    start, end = manifest_seconds(row.get("audio_start_s")) or 0.0, manifest_seconds(row.get("audio_end_s"))
+    if end is not None:
+        return max(end - start, 0.0)
+    start, end = manifest_seconds(row.get("start_s")), manifest_seconds(row.get("end_s"))
+    return max(end - start, 0.0) if start is not None and end is not None else 0.0

@@ -25,7 +25,10 @@ shape the fit (``fit_params``): the store records it and the state's own hash, s
 split or a changed param refits and redoes every shard, while dev or test edits do not refit.
 
 Registering: decorate the class with ``@register_extractor``; ``get_extractor(name)`` imports the
-``extractors.<name>`` module on demand, so adding an extractor is adding a module.
+``extractors.<name>`` module on demand, so adding an extractor is adding a module of its name. The
+extractors of one modality share its input handling through ``extractors/<modality>.py`` (the text
+and its context, the decoded waveform, the speaker's face crops): a feature set's DVC stage depends
+on exactly those two modules and this one.
 """
 
 from __future__ import annotations
@@ -193,10 +196,10 @@ def fit_sha256(extractor: Extractor, inputs: list[Any]) -> str:
 
 E = TypeVar("E", bound=type[Extractor])
 _REGISTRY: dict[str, type[Extractor]] = {}
-DEFAULT_EXTRACTORS = {"text": "roberta", "audio": "wav2vec2", "face": "facenet"}
-# the module that defines each built-in extractor (imported on first use)
-_MODULES = {"roberta": "extractors.text", "wav2vec2": "extractors.audio", "facenet": "extractors.face",
-            "tfidf": "extractors.tfidf"}
+DEFAULT_EXTRACTORS = {"text": "hf_text", "audio": "hf_audio", "face": "facenet"}
+# the built-in extractors; each is defined by the module of its name, extractors/<name>.py, which
+# shares its modality's input handling with its peers through extractors/<modality>.py
+BUILT_IN = ("hf_text", "tfidf", "hf_audio", "facenet")
 
 
 def register_extractor(cls: E) -> E:
@@ -208,8 +211,8 @@ def register_extractor(cls: E) -> E:
 
 def get_extractor(name: str) -> type[Extractor]:
     """The extractor class registered as `name`, importing `extractors.<module>` if needed."""
-    if name not in _REGISTRY:
-        module = _MODULES.get(name, f"extractors.{name}")
+    if name not in _REGISTRY and name.isidentifier():
+        module = f"extractors.{name}"
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
@@ -217,7 +220,7 @@ def get_extractor(name: str) -> type[Extractor]:
                 raise
     if name not in _REGISTRY:
         raise PipelineError(
-            f"unknown extractor {name!r}; built in: {', '.join(sorted(_MODULES))} "
+            f"unknown extractor {name!r}; built in: {', '.join(sorted(BUILT_IN))} "
             f"(a new one is a module in extractors/ that registers itself)"
         )
     return _REGISTRY[name]

@@ -1,5 +1,6 @@
-"""FaceNet face features: MTCNN finds the speaker's face in frames sampled over the utterance,
-InceptionResnetV1 embeds each 160x160 face crop, and the utterance's feature is their mean.
+"""Face crops of the speaker, shared by the face extractors (`facenet`, `hf_face`): MTCNN finds the
+speaker's face in frames sampled over the utterance, and each extractor's embedder turns the crops
+into one feature per utterance (the mean of the crops' embeddings).
 
 Decoder (DataLoader worker, CPU, no model)
     PyAV (bundled FFmpeg) opens ``video_path``, seeks to ``video_start_s`` and samples
@@ -16,8 +17,8 @@ encode (main process, on the device)
     MTCNN (P/R/O-net weights ship in the facenet-pytorch wheel) runs on the frames of one
     utterance in one call (they share a size), faces with probability < ``min_face_prob`` are
     dropped, the speaker rule below picks at most one face per frame, ``extract_face`` cuts the
-    box (plus ``margin``) to 160x160 with facenet's fixed standardisation, and InceptionResnetV1
-    embeds every crop of the batch. MTCNN crops by the box; there is no landmark warp.
+    box (plus ``margin``) to the embedder's square input size, and the embedder embeds every crop
+    of the batch. MTCNN crops by the box; there is no landmark warp.
 
 Speaker rule (frames with several faces, e.g. MELD's group shots): per frame, the face that
 maximises ``area_fraction * (1 - d / d_max)`` is the speaker, where ``area_fraction`` is the box
@@ -27,10 +28,10 @@ says nothing about where the speaker is, and its shot / reverse-shot editing usu
 speaker large and central; the rule fails on over-the-shoulder shots of a listener. There is no
 tracking across frames: sampled frames lie 1/fps s apart, where identity links would be guesses.
 
-Feature: float32 [512], the mean of the frames' L2-normalised embeddings (not renormalised: a
-norm well below 1 says the face changed a lot). ``with_frame_count: true`` appends one value, the
+Feature: float32 [D], the mean of the frames' embeddings (FaceNet's are L2-normalised: a mean norm
+well below 1 says the face changed a lot). ``with_frame_count: true`` appends one value, the
 fraction of sampled frames in which a face was used (in [0, 1], comparable across utterance
-lengths), giving [513].
+lengths), giving [D + 1].
 
 Missing (no tensor; the store's availability mask is False, which is what the trainer masks on):
 ``no_video`` (manifest says has_video False or no path; the manifest's own flag, e.g.
@@ -51,22 +52,14 @@ On a GPU machine the workers would run MTCNN on CPU while the GPU idles, and the
 interface keeps models out of workers anyway.
 
 Determinism: the frames an utterance gets depend only on its row; MTCNN sees exactly that
-utterance's frames; InceptionResnetV1 runs on exactly ``crops_per_forward`` crops per call (the
-last call zero-padded), because kernels choose different algorithms, hence different float
-rounding, for different batch sizes (measured on CPU: 3 crops alone differ from the same crops in a
-batch of 8 in the 7th digit; GPU kernels do the same). Features are therefore bitwise identical
-whatever else shares the batch and however many workers decode.
-
-Weights: ``weights`` is a local InceptionResnetV1 state dict (``.safetensors``, or a torch
-``.pt``/``.pth``/``.bin`` file); ``logits.*`` keys (VGGFace2's 8631-class head) are dropped before a
-strict load. ``weights: vggface2`` lets facenet-pytorch download the VGGFace2 file into the torch
-cache (``$TORCH_HOME/checkpoints``), which works only with internet access.
+utterance's frames; each embedder runs a fixed number of crops per call (see its module), so
+features are bitwise identical whatever else shares the batch and however many workers decode.
 """
 
 from __future__ import annotations
 
 import math
-import socket
+from abc import abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,74 +74,44 @@ from pipeline.core.torchvision_compat import ensure_torchvision_ops
 
 ensure_torchvision_ops()  # facenet_pytorch imports torchvision, whose NMS a CPU-only torch lacks
 
-from facenet_pytorch import MTCNN, InceptionResnetV1  # noqa: E402
-from facenet_pytorch.models.inception_resnet_v1 import get_torch_home  # noqa: E402
-from facenet_pytorch.models.mtcnn import fixed_image_standardization  # noqa: E402
+from facenet_pytorch import MTCNN  # noqa: E402
 from facenet_pytorch.models.utils.detect_face import extract_face  # noqa: E402
 
-from extractors.base import (  # noqa: E402
-    Decoded,
-    Decoder,
-    Encoded,
-    Extractor,
-    ExtractorConfig,
-    autocast,
-    register_extractor,
-    weights_sha256,
-)
-from pipeline.core.errors import PipelineError, one_line  # noqa: E402
+from extractors.base import Decoded, Decoder, Encoded, Extractor, ExtractorConfig  # noqa: E402
+from pipeline.core.errors import PipelineError  # noqa: E402
 from pipeline.core.params import ParamError  # noqa: E402
 
-EMBEDDING_DIM = 512
-CROP_SIZE = 160  # InceptionResnetV1's input size
-VGGFACE2 = "vggface2"
-VGGFACE2_URL = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt"
-PARAM_KEY = "extract.face.weights"
+MTCNN_DETECT_SIZE = 160  # the crop size MTCNN is built with (detection only; crops are cut per embedder)
 REGIONS = ("full", "left", "right")
 # manifest flags that say why a row has no video, most specific first (see pipeline/corpora)
 NO_VIDEO_FLAGS = ("missing_clip", "unreadable_clip", "clip_without_video", "missing_video", "unreadable_video")
 _TIME_EPS = 1e-6  # seconds; a frame starting within this of a timestamp is on screen at it
-_DOWNLOAD_TIMEOUT_S = 60.0
-
-
-def _offline_hint(reason: str) -> str:
-    """The one-line error for weights that cannot be had here, with the fix."""
-    return (
-        f"face model weights: {reason}. The VGGFace2 InceptionResnetV1 weights download only on a machine "
-        "with internet: there run `python -c \"import torch; from facenet_pytorch import InceptionResnetV1; "
-        "torch.save(InceptionResnetV1(pretrained='vggface2').state_dict(), 'facenet-vggface2.pt')\"`, "
-        f"copy facenet-vggface2.pt here and set {PARAM_KEY} to its path"
-    )
 
 
 @dataclass
-class FaceConfig(ExtractorConfig):
-    """The face extractor's settings (`extract.face` in params.yaml)."""
+class FaceCropConfig(ExtractorConfig):
+    """The settings every face extractor shares: which frames, which face, how it is cut."""
 
-    weights: str = VGGFACE2  # state-dict file (.safetensors / .pt), or "vggface2" = download (internet)
     fps: float = 2.0  # frames sampled per second of the utterance's span
     max_frames: int = 32  # cap per utterance, spread evenly over the span
     max_side: int = 640  # frames (or their speaker half) are downscaled to this longer side
     min_face_prob: float = 0.9  # MTCNN detections below this probability are ignored
     min_face_size: int = 20  # MTCNN's smallest face, in px of the downscaled frame
-    margin: int = 0  # extra px around the box, in the 160 px crop (facenet-pytorch's convention)
-    with_frame_count: bool = False  # append the fraction of sampled frames with a face (dim 513)
-    crops_per_forward: int = 8  # InceptionResnetV1 batch, fixed (zero-padded) for bitwise determinism
+    margin: int = 0  # extra px around the box, in the embedder's crop (facenet-pytorch's convention)
+    with_frame_count: bool = False  # append the fraction of sampled frames with a face (dim D + 1)
     batch_size: int = 4  # utterances per encode() call
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.weights.strip():
-            raise ParamError("weights", f"must be a file path or {VGGFACE2!r}, got {self.weights!r}")
         if not self.fps > 0:
             raise ParamError("fps", f"must be positive, got {self.fps}")
-        for name in ("max_frames", "max_side", "min_face_size", "crops_per_forward"):
+        for name in ("max_frames", "max_side", "min_face_size"):
             if getattr(self, name) < 1:
                 raise ParamError(name, f"must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.min_face_prob <= 1.0:
             raise ParamError("min_face_prob", f"must be in [0, 1], got {self.min_face_prob}")
-        if not 0 <= self.margin < CROP_SIZE:
-            raise ParamError("margin", f"must be in [0, {CROP_SIZE}), got {self.margin}")
+        if self.margin < 0:
+            raise ParamError("margin", f"must be 0 or more, got {self.margin}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -365,101 +328,31 @@ def choose_face(boxes: np.ndarray, probs: np.ndarray, width: int, height: int) -
 def build_mtcnn(device: torch.device, min_face_size: int = 20) -> MTCNN:
     """facenet-pytorch's MTCNN returning every face (our own rule picks the speaker)."""
     return MTCNN(
-        image_size=CROP_SIZE, margin=0, min_face_size=min_face_size, select_largest=False, keep_all=True,
+        image_size=MTCNN_DETECT_SIZE, margin=0, min_face_size=min_face_size, select_largest=False, keep_all=True,
         post_process=True, device=device,
     ).eval()
 
 
-def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """An InceptionResnetV1 state dict from .safetensors or a torch file, without `logits.*` keys."""
-    path = Path(path)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+class FaceCropExtractor(Extractor):
+    """A face extractor: the shared MTCNN speaker crops, embedded by the subclass's `embed`."""
 
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # many formats, many failure types: all mean "not a readable state dict"
-        raise PipelineError(f"face model weights {str(path)!r} could not be read: {one_line(exc)}") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise PipelineError(f"face model weights {str(path)!r} are not a state dict (name -> tensor)")
-    return {k: v for k, v in state.items() if not k.startswith("logits.")}
-
-
-def load_facenet(path: Path) -> InceptionResnetV1:
-    """InceptionResnetV1 (embedding head only, eval mode) with the file's weights, loaded strictly."""
-    model = InceptionResnetV1(pretrained=None, classify=False)
-    state = load_state_dict(path)
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # right names, wrong shapes
-        raise PipelineError(f"face model weights {str(path)!r} do not fit InceptionResnetV1: {one_line(exc)}") from None
-    if result.missing_keys or result.unexpected_keys:
-        raise PipelineError(
-            f"face model weights {str(path)!r} do not fit InceptionResnetV1: missing {result.missing_keys[:3]} "
-            f"({len(result.missing_keys)}), unexpected {result.unexpected_keys[:3]} ({len(result.unexpected_keys)})"
-        )
-    return model.eval()
-
-
-def resolve_weights(setting: str) -> Path:
-    """The local weights file for `setting`; "vggface2" downloads into the torch cache if it is not there."""
-    if setting == VGGFACE2:
-        cached = Path(get_torch_home()) / "checkpoints" / Path(VGGFACE2_URL).name
-        if not cached.is_file():
-            _download_vggface2(cached)
-        return cached
-    path = Path(setting).expanduser()
-    if path.is_dir():
-        raise PipelineError(f"face model weights {setting!r} is a folder; give the weights file ({PARAM_KEY})")
-    if not path.is_file():
-        raise PipelineError(_offline_hint(f"file {setting!r} not found"))
-    return path
-
-
-def _download_vggface2(cached: Path) -> None:
-    from facenet_pytorch.models.utils import download
-
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)  # facenet's urlopen has no timeout of its own
-    try:
-        download.download_url_to_file(VGGFACE2_URL, str(cached), progress=False)
-    except Exception as exc:  # URLError, HTTPError, timeouts, a full disk...
-        raise PipelineError(_offline_hint(f"'vggface2' could not be downloaded ({one_line(exc)})")) from None
-    finally:
-        socket.setdefaulttimeout(previous)
-
-
-@register_extractor
-class FaceNetExtractor(Extractor):
-    """MTCNN + InceptionResnetV1 (FaceNet) face embeddings, averaged over the utterance's frames."""
-
-    name = "facenet"
     modality = "face"
-    # 2: IEMOCAP's speaker half follows the release's rule (the session letter's actor on the left);
-    # stores made under version 1 (F left everywhere) took half the corpus's faces from the listener
-    version = "2"
-    config_class = FaceConfig
+    config: FaceCropConfig
 
-    def __init__(self, config: FaceConfig, raw_root: Path, device: torch.device) -> None:
+    def __init__(self, config: FaceCropConfig, raw_root: Path, device: torch.device) -> None:
         super().__init__(config, raw_root, device)
-        self.config: FaceConfig = config
-        self.weights_path = resolve_weights(config.weights)
-        self._sha256 = weights_sha256(self.weights_path)
-        self.facenet = load_facenet(self.weights_path).to(device)
+        if not config.margin < self.crop_size:
+            raise PipelineError(f"extract.face.margin {config.margin} must be below the crop size {self.crop_size}")
         self.mtcnn = build_mtcnn(device, config.min_face_size)
 
     @property
-    def model_id(self) -> str:
-        return self.config.weights
+    @abstractmethod
+    def crop_size(self) -> int:
+        """The square input size, in px, the embedder takes its crops at."""
 
-    @property
-    def model_sha256(self) -> str:
-        return self._sha256
+    @abstractmethod
+    def embed(self, crops: torch.Tensor) -> torch.Tensor:
+        """[k, 3, S, S] float crops (RGB values 0..255, S = crop_size) -> [k, D] float32 embeddings."""
 
     def size_hint(self, row: dict[str, Any]) -> float:
         """Seconds of the span (frames sampled grow with it); the utterance's times when the clip end is open."""
@@ -490,7 +383,8 @@ class FaceNetExtractor(Extractor):
         return chosen
 
     def crops(self, frames: np.ndarray) -> tuple[torch.Tensor, int]:
-        """The standardised [k, 3, 160, 160] speaker crops of an utterance's frames, and the frame count."""
+        """The [k, 3, S, S] speaker crops (0..255) of an utterance's frames, and the frame count."""
+        size = self.crop_size
         crops = []
         for frame, box in zip(frames, self.speaker_boxes(frames)):
             if box is None:
@@ -499,23 +393,10 @@ class FaceNetExtractor(Extractor):
             x2, y2 = min(box[2], frame.shape[1]), min(box[3], frame.shape[0])
             if x2 - x1 < 2 or y2 - y1 < 2:  # a box (nearly) outside the frame
                 continue
-            crops.append(fixed_image_standardization(extract_face(frame, box, CROP_SIZE, self.config.margin)))
+            crops.append(extract_face(frame, box, size, self.config.margin))
         if not crops:
-            return torch.empty(0, 3, CROP_SIZE, CROP_SIZE), len(frames)
+            return torch.empty(0, 3, size, size), len(frames)
         return torch.stack(crops), len(frames)
-
-    def embed(self, crops: torch.Tensor) -> torch.Tensor:
-        """[N, 512] float32 embeddings, computed crops_per_forward at a time (last call zero-padded)."""
-        chunk = self.config.crops_per_forward
-        out = []
-        for i in range(0, len(crops), chunk):
-            part = crops[i : i + chunk].to(self.device)
-            n = len(part)
-            if n < chunk:
-                part = torch.cat([part, part.new_zeros(chunk - n, *part.shape[1:])])
-            with autocast(self.device):
-                out.append(self.facenet(part)[:n].float())
-        return torch.cat(out) if out else torch.empty(0, EMBEDDING_DIM, device=self.device)
 
     def encode(self, batch: list[Decoded]) -> list[Encoded]:
         """Mean embedding per utterance; missing "no_face" when none of its frames has a usable face."""

@@ -36,6 +36,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from extractors.base import Decoded, Decoder, Encoded, Extractor, ExtractorConfig, FittedState, register_extractor
+from extractors.text import utterance_text  # the text one row is encoded from, and fitted on
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import ParamError
 
@@ -46,7 +47,7 @@ FIXED_SETTINGS = {"lowercase": True, "token_pattern": r"(?u)\b\w\w+\b", "norm": 
 
 @dataclass
 class TfidfConfig(ExtractorConfig):
-    """params.yaml `extract.text` with `extractor: tfidf`."""
+    """params.yaml `extract.<set>` with `extractor: tfidf`."""
 
     width: int = 100  # SVD components: the feature's size
     ngram_max: int = 2  # word n-grams of 1..ngram_max words
@@ -64,11 +65,6 @@ class TfidfConfig(ExtractorConfig):
                 raise ParamError(name, f"must be at least 1, got {getattr(self, name)}")
         if self.max_features is not None and self.max_features < 1:
             raise ParamError("max_features", f"must be at least 1 or null, got {self.max_features}")
-
-
-def utterance_text(row: dict[str, Any]) -> str:
-    """The text one row is encoded from, and fitted on: the same function for both."""
-    return (row.get("text") or "").strip() if row.get("has_text", True) else ""
 
 
 class TfidfDecoder(Decoder):

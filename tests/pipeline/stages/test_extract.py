@@ -62,7 +62,7 @@ def test_store_records_what_made_it(meld_text_store: Path, prepared_demo, tiny_m
     from pipeline.core.fingerprint import sha256_file
 
     store = FeatureStoreReader(meld_text_store).metadata
-    assert store["extractor"] == "roberta" and store["modality"] == "text" and store["corpus"] == "meld"
+    assert store["extractor"] == "hf_text" and store["modality"] == "text" and store["corpus"] == "meld"
     assert store["model_id"] == str(tiny_models["text"])
     assert store["model_sha256"] == weights_sha256(tiny_models["text"])
     assert store["manifest_sha256"] == sha256_file(prepared_demo["meld"] / "manifest.parquet")
@@ -124,7 +124,7 @@ def test_unknown_extractor_and_unknown_setting_name_the_problem(prepared_demo, t
     with pytest.raises(PipelineError, match=r"extract\.text\.poolin: unknown key; known keys: .*\bpooling\b"):
         extract_features("text", prepared_demo["meld"], tmp_path / "out", text_section(tiny_models, poolin="cls"))
     with pytest.raises(PipelineError, match="makes text features, not audio"):
-        extract_features("audio", prepared_demo["meld"], tmp_path / "out", {"extractor": "roberta"})
+        extract_features("audio", prepared_demo["meld"], tmp_path / "out", {"extractor": "hf_text"})
 
 
 def test_cli_reports_counts_and_exits_2_on_a_bad_section(prepared_demo, tiny_models, tmp_path: Path) -> None:

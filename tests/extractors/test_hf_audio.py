@@ -16,7 +16,8 @@ import soundfile
 import torch
 from torch.utils.data import DataLoader
 
-from extractors.audio import AudioConfig, AudioExtractor, _read_av, read_audio, window_bounds
+from extractors.audio import _read_av, read_audio
+from extractors.hf_audio import HFAudioConfig, HFAudioExtractor, window_bounds
 from extractors.base import Decoded, extractor_for, get_extractor, weights_sha256
 from tests.helpers import PROJECT_ROOT
 from pipeline.demo.tiny_models import build_tiny_wav2vec2
@@ -39,8 +40,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def make(model_dir: Path, tmp_path: Path):
     """make(**config) -> an extractor over raw root tmp_path with the tiny model."""
 
-    def make(root: Path = tmp_path, **overrides: Any) -> AudioExtractor:
-        return AudioExtractor(AudioConfig(**{"model": str(model_dir), **overrides}), root, CPU)
+    def make(root: Path = tmp_path, **overrides: Any) -> HFAudioExtractor:
+        return HFAudioExtractor(HFAudioConfig(**{"model": str(model_dir), **overrides}), root, CPU)
 
     return make
 
@@ -71,7 +72,7 @@ def dominant_hz(audio: np.ndarray, rate: int = SR) -> float:
     return float(np.fft.rfftfreq(len(audio), 1 / rate)[spectrum.argmax()])
 
 
-def features(extractor: AudioExtractor, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+def features(extractor: HFAudioExtractor, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     decoder = extractor.decoder()
     decoded = [decoder(r) for r in rows]
     assert all(d.missing is None for d in decoded), [d.missing for d in decoded]
@@ -281,7 +282,7 @@ def test_broken_media_gives_a_missing_reason_not_an_exception(tmp_path: Path, ma
 
 
 def test_params_yaml_section_loads_and_bad_values_are_one_line_errors() -> None:
-    config = load_section(PROJECT_ROOT / "params.yaml", "extract.audio", AudioConfig)
+    config = load_section(PROJECT_ROOT / "params.yaml", "extract.audio", HFAudioConfig)
     assert config.pooling in ("mean", "mean_std") and config.window_s > 0
     for bad, message in (
         ({"layers": []}, r"layers: must be a non-empty list"),
@@ -292,7 +293,7 @@ def test_params_yaml_section_loads_and_bad_values_are_one_line_errors() -> None:
         ({"window_s": "long"}, r"window_s: must be a number, got 'long'"),
     ):
         with pytest.raises(PipelineError, match=r"^params\.yaml:extract\.audio\." + message):
-            section_to_dataclass(AudioConfig, bad, "params.yaml:extract.audio")
+            section_to_dataclass(HFAudioConfig, bad, "params.yaml:extract.audio")
 
 
 def test_layers_are_validated_against_the_model(make) -> None:
@@ -330,7 +331,7 @@ def test_unknown_hub_id_fails_fast_offline(make, monkeypatch: pytest.MonkeyPatch
 
 
 def test_registered_with_provenance(make, model_dir: Path) -> None:
-    assert get_extractor("wav2vec2") is AudioExtractor and extractor_for("audio") is AudioExtractor
+    assert get_extractor("hf_audio") is HFAudioExtractor and extractor_for("audio") is HFAudioExtractor
     extractor = make()
     assert extractor.model_id == str(model_dir)
     assert extractor.model_sha256 == weights_sha256(model_dir)

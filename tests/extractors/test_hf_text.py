@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from extractors.base import Decoded
-from extractors.text import RobertaExtractor, TextConfig
+from extractors.hf_text import HFTextConfig, HFTextExtractor
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import section_to_dataclass
 
 
-def make(model: Path, **overrides) -> RobertaExtractor:
-    config = TextConfig(model=str(model), num_workers=0, **{"layers": [-1], **overrides})
-    return RobertaExtractor(config, Path("."), torch.device("cpu"))
+def make(model: Path, **overrides) -> HFTextExtractor:
+    config = HFTextConfig(model=str(model), num_workers=0, **{"layers": [-1], **overrides})
+    return HFTextExtractor(config, Path("."), torch.device("cpu"))
 
 
 def row(uid: str, turn: int, text: str, speaker: str = "Ross", dialogue: str = "d1") -> dict:
@@ -32,11 +32,11 @@ DIALOGUE = [
 ]
 
 
-def decode_one(extractor: RobertaExtractor, r: dict) -> Decoded:
+def decode_one(extractor: HFTextExtractor, r: dict) -> Decoded:
     return extractor.decoder()(r)
 
 
-def target_text(extractor: RobertaExtractor, decoded: Decoded) -> str:
+def target_text(extractor: HFTextExtractor, decoded: Decoded) -> str:
     ids = [i for i, keep in zip(decoded.data.input_ids, decoded.data.target_mask) if keep]
     return extractor.tokenizer.decode(ids)
 
@@ -150,7 +150,7 @@ def test_bad_config_values_are_rejected_at_the_edge() -> None:
         ({"context_window": -1}, r"extract\.text\.context_window: must be 0 or more, got -1"),
     ):
         with pytest.raises(PipelineError, match=message):
-            section_to_dataclass(TextConfig, bad, "params.yaml:extract.text")
+            section_to_dataclass(HFTextConfig, bad, "params.yaml:extract.text")
 
 
 def test_a_tokenizer_from_another_model_is_refused(tiny_models, tmp_path: Path) -> None:

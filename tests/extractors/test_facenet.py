@@ -15,15 +15,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from extractors.base import extractor_for, get_extractor, weights_sha256
-from extractors.face import (
-    EMBEDDING_DIM,
-    FaceConfig,
-    FaceNetExtractor,
-    build_mtcnn,
-    choose_face,
-    load_facenet,
-    sample_times,
-)
+from extractors.face import build_mtcnn, choose_face, sample_times
+from extractors.facenet import EMBEDDING_DIM, FaceNetConfig, FaceNetExtractor, load_facenet
 from pipeline.demo.tiny_models import build_random_facenet
 from pipeline.core.errors import PipelineError
 from pipeline.formats.manifest import read_manifest
@@ -52,7 +45,7 @@ def iemocap(prepared_demo, demo_corpus) -> tuple[Path, dict[str, dict]]:
 
 @pytest.fixture(scope="module")
 def extractor(weights, meld) -> FaceNetExtractor:
-    return FaceNetExtractor(FaceConfig(weights=str(weights)), meld[0], CPU)
+    return FaceNetExtractor(FaceNetConfig(weights=str(weights)), meld[0], CPU)
 
 
 def _face_rows(rows: dict[str, dict], n: int) -> list[dict]:
@@ -85,12 +78,12 @@ def test_registered_and_configured(extractor, weights):
     assert extractor_for("face") is FaceNetExtractor
     assert extractor.model_id == str(weights)
     assert extractor.model_sha256 == weights_sha256(weights)
-    assert FaceConfig().batch_size == 4
+    assert FaceNetConfig().batch_size == 4
     assert extractor.size_hint({"video_start_s": 2.0, "video_end_s": 3.5}) == pytest.approx(1.5)
     assert extractor.size_hint({"video_start_s": 0.0, "video_end_s": None, "start_s": 10.0, "end_s": 12.0}) == 2.0
     for bad in ({"fps": 0}, {"max_frames": 0}, {"min_face_prob": 1.5}):
         with pytest.raises(ValueError):
-            FaceConfig(**bad)
+            FaceNetConfig(**bad)
 
 
 def test_mtcnn_finds_the_astronaut_face():
@@ -168,7 +161,7 @@ def test_decoder_timestamps_and_frames(extractor, meld, iemocap):
 def test_max_frames_and_downscale(weights, meld):
     root, rows = meld
     row = _face_rows(rows, 1)[0]
-    ex = FaceNetExtractor(FaceConfig(weights=str(weights), fps=30.0, max_frames=4, max_side=160), root, CPU)
+    ex = FaceNetExtractor(FaceNetConfig(weights=str(weights), fps=30.0, max_frames=4, max_side=160), root, CPU)
     decoded = ex.decoder()(row)
     assert decoded.data["frames"].shape == (4, 120, 160, 3)
     assert decoded.data["scale"] == pytest.approx(0.5)
@@ -251,13 +244,13 @@ def test_broken_media_is_missing_not_an_exception(extractor, meld, tmp_path):
 
 def test_missing_weights_file_is_one_actionable_line(tmp_path, meld):
     with pytest.raises(PipelineError) as info:
-        FaceNetExtractor(FaceConfig(weights=str(tmp_path / "nope.safetensors")), meld[0], CPU)
+        FaceNetExtractor(FaceNetConfig(weights=str(tmp_path / "nope.safetensors")), meld[0], CPU)
     message = str(info.value)
     assert "\n" not in message
     assert "nope.safetensors" in message and "extract.face.weights" in message and "internet" in message
     assert "pretrained='vggface2'" in message
     with pytest.raises(PipelineError, match="folder"):
-        FaceNetExtractor(FaceConfig(weights=str(tmp_path)), meld[0], CPU)
+        FaceNetExtractor(FaceNetConfig(weights=str(tmp_path)), meld[0], CPU)
 
 
 def test_vggface2_offline_is_one_actionable_line(tmp_path, meld, monkeypatch):
@@ -269,7 +262,7 @@ def test_vggface2_offline_is_one_actionable_line(tmp_path, meld, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached copy
     monkeypatch.setattr(download, "download_url_to_file", offline)
     with pytest.raises(PipelineError) as info:
-        FaceNetExtractor(FaceConfig(weights="vggface2"), meld[0], CPU)
+        FaceNetExtractor(FaceNetConfig(weights="vggface2"), meld[0], CPU)
     message = str(info.value)
     assert "\n" not in message
     assert "could not be downloaded" in message and "extract.face.weights" in message
@@ -315,7 +308,7 @@ def test_features_do_not_depend_on_batch_or_workers(extractor, meld):
 
 def test_with_frame_count_appends_the_face_fraction(weights, meld, extractor):
     root, rows = meld
-    counted = FaceNetExtractor(FaceConfig(weights=str(weights), with_frame_count=True), root, CPU)
+    counted = FaceNetExtractor(FaceNetConfig(weights=str(weights), with_frame_count=True), root, CPU)
     row = _face_rows(rows, 1)[0]
     decoded = counted.decoder()(row)
     frames = decoded.data["frames"]
