@@ -33,8 +33,10 @@ on exactly those two modules and this one.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
+import importlib.util
 import json
 import os
 import socket
@@ -64,6 +66,7 @@ RUNTIME_FIELDS = frozenset({"num_workers"})
 class ExtractorConfig:
     """Settings every extractor shares; each modality's config adds its own fields."""
 
+    modality: str = ""  # the feature set's modality: text | audio | face; empty = the set's name
     extractor: str = ""  # registry name; empty = the modality's default extractor
     batch_size: int = 16  # items per model call (upper bound; see the extractor's own limits)
     shard_size: int = 256  # utterances per store shard: the unit of resumption
@@ -182,6 +185,47 @@ class Extractor(ABC):
         return [order[i : i + size] for i in range(0, len(order), size)]
 
 
+def code_modules(cls: type[Extractor]) -> list[str]:
+    """The modules whose code makes an extractor's features: its modality's shared input handling
+    (`extractors.<modality>`) and its own module. A feature set's DVC stage depends on their files."""
+    shared = f"extractors.{cls.modality}"
+    return [shared, cls.__module__] if cls.__module__ != shared else [shared]
+
+
+def code_sha256(cls: type[Extractor]) -> str:
+    """Identity of the code that makes an extractor's features, recorded in its store.
+
+    Each of `code_modules(cls)` is hashed as its syntax tree without docstrings (ast.dump, no line
+    numbers), so a changed statement changes the hash and redoes every shard, while comments,
+    docstrings and formatting do not. Code outside those modules (this interface, the store writer,
+    the libraries) is covered by the extractor's `version` and the store's format version.
+    """
+    return modules_code_sha256(code_modules(cls))
+
+
+def modules_code_sha256(modules: Sequence[str]) -> str:
+    """`code_sha256` of these modules, found without importing them (lineage checks a store with it)."""
+    lines = []
+    for module in modules:
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.origin or not os.path.isfile(spec.origin):
+            raise PipelineError(f"the source of extractor module {module} cannot be found")
+        tree = _without_docstrings(ast.parse(Path(spec.origin).read_bytes(), filename=spec.origin))
+        lines.append(f"{hashlib.sha256(ast.dump(tree).encode('utf-8')).hexdigest()}  {module}\n")
+    return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
+
+
+def _without_docstrings(tree: ast.Module) -> ast.Module:
+    """The tree with the docstring of the module, and of every class and function, removed."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
 def fit_sha256(extractor: Extractor, inputs: list[Any]) -> str:
     """Identity of a fit: the extractor, its version and weights, its fit params and the exact inputs.
 
@@ -199,7 +243,7 @@ _REGISTRY: dict[str, type[Extractor]] = {}
 DEFAULT_EXTRACTORS = {"text": "hf_text", "audio": "hf_audio", "face": "facenet"}
 # the built-in extractors; each is defined by the module of its name, extractors/<name>.py, which
 # shares its modality's input handling with its peers through extractors/<modality>.py
-BUILT_IN = ("hf_text", "tfidf", "hf_audio", "facenet")
+BUILT_IN = ("hf_text", "tfidf", "hf_audio", "opensmile", "facenet", "hf_face")
 
 
 def register_extractor(cls: E) -> E:

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.core.errors import PipelineError, one_line
-from pipeline.core.params import MODALITIES
 
 
 def _cmd_demo_corpus(args: argparse.Namespace) -> None:
@@ -44,9 +43,9 @@ def _cmd_extract(args: argparse.Namespace) -> None:
     from pipeline.core.params import load_section
     from pipeline.stages.extract import describe, extract_features
 
-    section = load_section(args.params, f"extract.{args.modality}") if args.params else None
+    section = load_section(args.params, f"extract.{args.feature_set}") if args.params else None
     report = extract_features(
-        args.modality,
+        args.feature_set,
         Path(args.manifest),
         Path(args.out),
         section,
@@ -193,11 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_wait(prep)
     prep.set_defaults(func=_cmd_prepare)
 
-    ext = sub.add_parser("extract", help="extract one modality's features of a manifest into a feature store")
-    ext.add_argument("modality", choices=MODALITIES)
+    ext = sub.add_parser("extract", help="extract one feature set of a manifest into a feature store")
+    ext.add_argument("feature_set", metavar="SET",
+                     help="the feature set: a section `extract.<SET>` of --params (text, audio, face, audio_egemaps...)")
     ext.add_argument("--manifest", required=True, help="the prepared corpus folder (holds manifest.parquet)")
     ext.add_argument("--out", required=True, help="the feature store folder; an unfinished one is resumed")
-    ext.add_argument("--params", type=Path, help="params.yaml whose `extract.<modality>` section configures it")
+    ext.add_argument("--params", type=Path, help="params.yaml whose `extract.<SET>` section configures it; "
+                     "without it, SET must be a modality (text, audio, face) and gets the default extractor")
     ext.add_argument("--root", help="the raw corpus folder, if it moved since `mer prepare`")
     _add_wait(ext)
     ext.set_defaults(func=_cmd_extract)

@@ -24,8 +24,8 @@ the JSON::
 
     {"format_version": 1,
      "store": {"corpus", "modality", "extractor", "extractor_version", "model_id", "model_sha256",
-               "manifest_sha256", "params": {...}, "dtype", "shard_size", "plan_sha256",
-               "num_utterances", "fitted": {...} (fitted extractors only, see below)},
+               "manifest_sha256", "params": {...}, "feature_set", "code_sha256", "dtype", "shard_size",
+               "plan_sha256", "num_utterances", "fitted": {...} (fitted extractors only, see below)},
      "shard": {"index": k, "utterance_ids": [the planned ids of shard k, in order],
                "missing": {id: reason}, "flagged": {id: reason}}}
 
@@ -133,6 +133,8 @@ class StoreMetadata:
     model_sha256: str  # hash of the weights actually loaded
     manifest_sha256: str  # sha256 of manifest.parquet (pipeline.core.fingerprint.sha256_file)
     params: dict[str, Any] = field(default_factory=dict)  # the config section used (JSON-able)
+    feature_set: str = ""  # the params section it was made by (`extract.<set>`); "" = named after its modality
+    code_sha256: str = ""  # the extractor's code (`extractors.base.code_sha256`); "" = no extractor ran (imported)
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,7 @@ def _evaluate(
     data = load_corpus(
         prepared, features, record["modalities"], speaker_map=SpeakerMap.from_dict(record["speaker_map"]),
         require_all_modalities=True, split=record["train_config"].get("split", RELEASE_SPLIT),  # as trained
+        feature_sets=record["train_config"].get("features") or {},  # the stores it was trained on
     )
     check_data_matches(data, record, checkpoint)
     stats = load_feature_stats(checkpoint, record)

@@ -1,4 +1,10 @@
-"""The `extract` stage: a manifest -> one feature store for one modality.
+"""The `extract` stage: a manifest -> the feature store of one feature set.
+
+A feature set is a named `extract.<set>` section of params.yaml: a modality, an extractor and its
+settings, e.g. `audio` (hf_audio) beside `audio_egemaps` (opensmile). Its store is
+`data/features/<corpus>/<set>`, and training picks one set per modality (`train.features`). The
+store records the set's name and the hash of the code that made it (`extractors.base.code_sha256`),
+so an edited extractor redoes every shard, not only reruns the stage.
 
 Work goes shard by shard (the store's unit of resumption). Within a shard the extractor sorts rows
 by its size hint and cuts them into batches (length bucketing); DataLoader worker processes decode
@@ -35,12 +41,13 @@ from extractors.base import (
     Extractor,
     ExtractorConfig,
     FittedState,
+    code_sha256,
     cpu_threads,
     extractor_for,
     fit_sha256,
     resolve_device,
 )
-from pipeline.core.params import check_value, reported_at, section_to_dataclass
+from pipeline.core.params import MODALITIES, check_value, reported_at, section_to_dataclass
 from pipeline.core.errors import PipelineError
 from pipeline.core.outputs import check_output
 from pipeline.formats.feature_store import (
@@ -85,29 +92,47 @@ def _as_list(batch: list[Decoded]) -> list[Decoded]:
     return batch
 
 
+def set_modality(feature_set: str, section: dict[str, Any], where: str) -> str:
+    """A feature set's modality: its section's `modality`, else its name when that is a modality."""
+    with reported_at(where):
+        modality = check_value(section.get("modality", ""), str, "modality")
+    if not modality:
+        if feature_set not in MODALITIES:
+            raise PipelineError(
+                f"{where}.modality: missing; feature set {feature_set!r} must say its modality "
+                f"({', '.join(MODALITIES)})"
+            )
+        return feature_set
+    if modality not in MODALITIES:
+        raise PipelineError(f"{where}.modality: must be one of {', '.join(MODALITIES)}, got {modality!r}")
+    return modality
+
+
 def extractor_config(
-    modality: str, section: dict[str, Any] | None, where: str
+    feature_set: str, section: dict[str, Any] | None, where: str
 ) -> tuple[type[Extractor], ExtractorConfig]:
-    """The extractor class for `modality` and its config from `section` (`extract.<modality>`; None =
+    """The extractor class of a feature set and its config from `section` (`extract.<set>`; None =
     all defaults), `where` being the section's label in messages, e.g. "params.yaml:extract.text".
-    The section's `extractor` picks the class, whose config class the whole section is checked against."""
+    The section's `modality` and `extractor` pick the class, whose config class the whole section is
+    checked against."""
     with reported_at(where):
         section = check_value({} if section is None else section, dict[str, Any])
         name = check_value(section.get("extractor", ""), str, "extractor")
+    modality = set_modality(feature_set, section, where)
     cls = extractor_for(modality, name)
-    return cls, section_to_dataclass(cls.config_class, section, where)
+    return cls, section_to_dataclass(cls.config_class, {**section, "modality": modality}, where)
 
 
-def build_extractor(modality: str, section: dict[str, Any] | None, raw_root: Path, where: str) -> Extractor:
-    """The configured extractor for `modality` (see `extractor_config`), its model loaded on the configured device."""
-    cls, config = extractor_config(modality, section, where)
+def build_extractor(feature_set: str, section: dict[str, Any] | None, raw_root: Path, where: str) -> Extractor:
+    """The configured extractor of a feature set (see `extractor_config`), its model loaded on the configured device."""
+    cls, config = extractor_config(feature_set, section, where)
     device = resolve_device(config.device)
     torch.set_num_threads(cpu_threads())
     return cls(config, raw_root, device)
 
 
 def extract_features(
-    modality: str,
+    feature_set: str,
     manifest_dir: Path,
     out_dir: Path,
     section: dict[str, Any] | None = None,
@@ -119,7 +144,8 @@ def extract_features(
 ) -> dict[str, Any]:
     """Fill (or finish) the feature store at `out_dir` for every utterance of the manifest.
 
-    `section` is the modality's params section (`extract.<modality>`); `raw_root` defaults to the
+    `feature_set` names the set (`text`, `audio_egemaps`...) and `section` is its params section
+    (`extract.<set>`; its `modality` may be left out when the set is named after one); `raw_root` defaults to the
     raw folder recorded in the manifest. `extractor`, if given, is used instead of building one
     from `section` (its model stays loaded across calls). `params_file`, the file `section` came
     from, is one more input `out_dir` must not overlap. Returns the store's report; for a fitted
@@ -128,9 +154,12 @@ def extract_features(
     """
     if extractor is None:
         # a bad section fails before any file is read
-        cls, config = extractor_config(modality, section, f"{where}.{modality}")
+        cls, config = extractor_config(feature_set, section, f"{where}.{feature_set}")
     else:
         cls, config = type(extractor), extractor.config
+        if feature_set in MODALITIES and feature_set != cls.modality:
+            raise PipelineError(f"extractor {cls.name!r} makes {cls.modality} features, not {feature_set}")
+    modality = cls.modality
     manifest_path = Path(manifest_dir) / MANIFEST_FILE
     if not manifest_path.is_file():
         raise PipelineError(f"{manifest_path}: manifest not found (run `mer prepare` for this corpus first)")
@@ -145,15 +174,13 @@ def extract_features(
             f"{root}: the raw corpus folder of {manifest_path} does not exist (pass --root to say where it is now)"
         )
     inputs = [("--manifest", Path(manifest_dir)), ("--root" if raw_root is not None else "the manifest's raw root", root),
-              *_config_paths(config, f"{where}.{modality}"), ("--params", params_file)]
+              *_config_paths(config, f"{where}.{feature_set}"), ("--params", params_file)]
     # before the model is loaded: an --out that is an input, a file or another folder is refused at once
     check_output(out_dir, "extract", inputs, legacy=is_store_folder)
     rows = read_manifest(manifest_path)
     train_rows = _train_rows(cls, rows, manifest_path) if cls.needs_fit else []
     if extractor is None:
-        extractor = build_extractor(modality, section, root, f"{where}.{modality}")
-    elif extractor.modality != modality:
-        raise PipelineError(f"extractor {extractor.name!r} makes {extractor.modality} features, not {modality}")
+        extractor = build_extractor(feature_set, section, root, f"{where}.{feature_set}")
     extractor.raw_root = root
     config = extractor.config
     fitted, reused = _fitted_state(extractor, train_rows, out_dir, manifest_path) if cls.needs_fit else (None, False)
@@ -166,6 +193,8 @@ def extract_features(
         model_sha256=extractor.model_sha256,
         manifest_sha256=sha256_file(manifest_path),
         params=config.recorded_params(),
+        feature_set=feature_set,
+        code_sha256=code_sha256(cls),
     )
     ids = [row["utterance_id"] for row in rows]
     extractor.plan(rows)
@@ -173,7 +202,7 @@ def extract_features(
     with FeatureStoreWriter(out_dir, metadata, ids, config.shard_size, dtype, wait_s, fitted=fitted) as writer:
         pending = writer.pending_shards()
         shard_rows = {k: rows[k * config.shard_size : (k + 1) * config.shard_size] for k in pending}
-        for k, features, flags in _run_shards(extractor, shard_rows, f"{metadata.corpus} {modality}"):
+        for k, features, flags in _run_shards(extractor, shard_rows, f"{metadata.corpus} {feature_set}"):
             writer.write_shard(k, features, flags)
         report = writer.finalize()
     if fitted is not None:
@@ -287,7 +316,8 @@ def describe(report: dict[str, Any], out_dir: Path) -> str:
     store = report["store"]
     counts = report["counts"]
     lines = [
-        f"{store['corpus']} {store['modality']} ({store['extractor']}, {store['model_id']}): "
+        f"{store['corpus']} {store.get('feature_set') or store['modality']} ({store['modality']}: "
+        f"{store['extractor']}, {store['model_id']}): "
         f"{counts['in']} utterances, {counts['out']} stored, {counts['missing']} missing, "
         f"{counts['flagged']} flagged -> {out_dir}"
     ]

@@ -394,6 +394,7 @@ class _Tracer:
         weights = store.get("model_sha256")
         link.facts.update({
             "modality": store.get("modality"),
+            "feature set": store.get("feature_set") or store.get("modality"),
             "extractor": f"{store.get('extractor')} v{store.get('extractor_version')}",
             "model": f"{store.get('model_id')} (weights sha256 {_short(weights)})" if weights
                      else f"{store.get('model_id')} (no pretrained weights)",
@@ -415,6 +416,8 @@ class _Tracer:
             self._check_fitted(link, folder, fitted)
         if weights:  # an extractor without pretrained weights (tfidf) has nothing to check here
             self._check_weights(link, store)
+        if store.get("code_sha256"):  # imported stores ran no extractor code
+            self._check_code(link, store)
         self._check_store_params(link, store)
         manifest = manifest or self._store_manifest(link, folder, store)
         if manifest is not None and self.present(link, manifest, "manifest"):
@@ -479,6 +482,22 @@ class _Tracer:
         link.check(now == store.get("model_sha256"), f"model weights unchanged since extraction ({_short(now)})",
                    f"model weights at {self.rel(local)} changed since extraction (recorded "
                    f"{_short(store.get('model_sha256'))}, now {_short(now)}): rerun extraction")
+
+    def _check_code(self, link: Link, store: dict[str, Any]) -> None:
+        """The extractor's code now against the code that made the store (`extractors.base.code_sha256`)."""
+        from extractors.base import modules_code_sha256
+
+        # as `extractors.base.code_modules`: the modality's shared module, then the extractor's own
+        modules = list(dict.fromkeys([f"extractors.{store.get('modality')}", f"extractors.{store.get('extractor')}"]))
+        try:
+            now = modules_code_sha256(modules)
+        except PipelineError as exc:
+            link.check(False, "", f"{exc}: the code that made the store cannot be checked", WARNING)
+            return
+        recorded = store.get("code_sha256")
+        link.check(now == recorded, f"extractor code unchanged since extraction ({_short(now)})",
+                   f"the code of {', '.join(modules)} changed since extraction (recorded {_short(recorded)}, "
+                   f"now {_short(now)}): rerun extraction")
 
     def _check_store_params(self, link: Link, store: dict[str, Any]) -> None:
         from extractors.base import RUNTIME_FIELDS

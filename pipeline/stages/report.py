@@ -145,15 +145,18 @@ def load_inputs(
 ) -> RunInputs:
     """Read every input in pipeline order, so a missing one names the earliest stage to rerun."""
     summary = _read_json(prepared / SUMMARY_FILE, f"prepare@{corpus}")
+    checkpoint = _read_json(train / BEST_DIR / CHECKPOINT_JSON, f"train@{corpus}")
+    # the feature set each modality was trained on (train.features), named after the modality by default
+    feature_sets = (checkpoint.get("train_config") or {}).get("features") or {}
     stores = {}
     for modality in MODALITIES:
-        stage = f"extract@{corpus}-{modality}"
+        feature_set = feature_sets.get(modality, modality)
+        stage = f"extract_{corpus}@{feature_set}"
         stores[modality] = StoreInputs(
-            report=_read_json(features / modality / REPORT_FILE, stage),
-            index=_read_json(features / modality / INDEX_FILE, stage),
+            report=_read_json(features / feature_set / REPORT_FILE, stage),
+            index=_read_json(features / feature_set / INDEX_FILE, stage),
         )
     train_metrics = _read_json(train / METRICS_FILE, f"train@{corpus}")
-    checkpoint = _read_json(train / BEST_DIR / CHECKPOINT_JSON, f"train@{corpus}")
     curves = read_curves(train / "dvclive" / "plots" / "metrics", f"train@{corpus}")
     return RunInputs(
         corpus=corpus,
@@ -359,10 +362,11 @@ def stores_section(run: RunInputs) -> Section:
         coverage = f"{stored} / {total}" + (f" ({100 * stored / total:.1f}%)" if total else "")
         extractor = f"{meta.get('extractor', '—')} v{meta.get('extractor_version', '?')}"
         rows.append([
-            modality, extractor, str(meta.get("model_id", "—")), _short(meta.get("model_sha256")),
+            modality, str(meta.get("feature_set") or modality), extractor, str(meta.get("model_id", "—")), _short(meta.get("model_sha256")),
             _dims(store.index), str(meta.get("dtype", "—")), coverage, str(len(store.index.get("shards", []))),
         ])
-    header = ["modality", "extractor", "model", "model sha256", "feature dims", "dtype", "coverage", "shards"]
+    header = ["modality", "feature set", "extractor", "model", "model sha256", "feature dims", "dtype", "coverage",
+              "shards"]
     return Section("Feature stores", [Table(header, rows, numeric=False)])
 
 

@@ -102,6 +102,7 @@ from pipeline.training.metrics import SUMMARY_KEYS, aggregate_runs, summary
 
 STAGE = "train"  # the `mer` subcommand, named by the output folder's marker
 MODEL_NAME_KEY = "name"  # `train.model.name`
+FEATURE_SET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a store folder's name, never a path
 
 
 def _param_types(config_class: type) -> dict[str, Any]:
@@ -150,6 +151,9 @@ class TrainConfig:
     # is selected, and test scored with that subset (ties: the fuller subset)
     select_modalities: bool = False
     model: dict[str, Any] = field(default_factory=dict)  # `name` and the model's settings (check_model_params)
+    # the feature set each modality's store is read from, `<features>/<set>`; a modality it leaves out
+    # reads the set named after it (`extract.<set>` in params.yaml makes the store)
+    features: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Value rules; keys and types are checked before (pipeline.core.params.section_to_dataclass)."""
@@ -176,7 +180,15 @@ class TrainConfig:
             require_choice(name, MODALITIES, f"modalities[{i}]")
         if len(set(self.modalities)) != len(self.modalities):
             raise ParamError("modalities", f"lists a modality twice: {self.modalities}")
+        for modality, name in self.features.items():
+            require_choice(modality, MODALITIES, "features")
+            if not FEATURE_SET_NAME.fullmatch(name):
+                raise ParamError(f"features.{modality}", f"must be a feature set's name (letters, digits, _ . -), got {name!r}")
         self.model = check_model_params(self.model)
+
+    def feature_set(self, modality: str) -> str:
+        """The feature set (store folder under --features) that `modality` is read from."""
+        return self.features.get(modality, modality)
 
     @property
     def model_name(self) -> str:
@@ -254,6 +266,11 @@ def load_train_config(params: Path | str, corpus: str) -> TrainConfig:
     override = {} if override is None else override
     if not isinstance(override, dict):
         raise PipelineError(f"{where}: must be a mapping of train keys to override, got {override!r}")
+    if "features" in override:
+        # dvc.yaml names each train stage's stores from train.features: a per-corpus choice would read a
+        # store that is not the stage's dependency
+        raise PipelineError(f"{where}.features: the feature sets are chosen for every corpus at once; "
+                            f"set train.features instead")
     merged = {**base, **override}
     sources = {key: f"{where}.{key}" for key in override}
     if isinstance(override.get("model"), dict):
@@ -268,7 +285,6 @@ def load_train_config(params: Path | str, corpus: str) -> TrainConfig:
                 sources.update({f"model.{block}.{key}": f"{where}.model.{block}.{key}"
                                 for key in override["model"][block]})
     return section_to_dataclass(TrainConfig, merged, f"{params}:train", sources=sources)
-
 
 
 def code_version() -> dict[str, Any]:
@@ -326,6 +342,7 @@ def load_training_data(corpus: str, prepared: Path | str, features: Path | str, 
     data = load_corpus(
         prepared, features, config.modalities, speaker_rule=config.speaker_rule,
         min_speaker_count=config.min_speaker_count, feature_shuffle=feature_shuffle, split=config.split,
+        feature_sets=config.features,
     )
     if data.corpus and data.corpus != corpus:
         raise PipelineError(f"{data.manifest_path}: is a {data.corpus} manifest, not {corpus}")

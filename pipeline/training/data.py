@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -335,6 +335,9 @@ class CorpusData:
 
 def _open_store(folder: Path, modality: str, manifest_path: Path, manifest_sha: str) -> FeatureStoreReader:
     reader = FeatureStoreReader(folder)
+    holds = reader.metadata.get("modality")
+    if holds != modality:
+        raise PipelineError(f"{folder}: holds {holds} features, not {modality} (check train.features)")
     found = reader.metadata.get("manifest_sha256")
     if found != manifest_sha:
         raise PipelineError(
@@ -355,8 +358,12 @@ def load_corpus(
     require_all_modalities: bool = False,
     feature_shuffle: int | None = None,
     split: str = RELEASE_SPLIT,
+    feature_sets: Mapping[str, str] | None = None,
 ) -> CorpusData:
     """Load the manifest under `prepared` and the stores under `features` (see the module docstring).
+
+    Each modality's store is `features/<set>`, the set `feature_sets` names for it (`train.features`),
+    or the folder named after the modality when it names none.
 
     `split` is the manifest's own split (RELEASE_SPLIT) or one of the schemes it offers (e.g. IEMOCAP's
     "loso-3"), applied to the rows before anything else reads them."""
@@ -383,8 +390,13 @@ def load_corpus(
     readers: dict[str, FeatureStoreReader] = {}
     dropped: dict[str, str] = {}
     for modality in modalities:
-        folder = features / modality
+        folder = features / (feature_sets or {}).get(modality, modality)
         if not folder.exists():
+            if modality in (feature_sets or {}):  # named on purpose (train.features): not silently dropped
+                raise PipelineError(
+                    f"{folder}: no store of feature set {feature_sets[modality]!r}, which train.features.{modality} "
+                    f"names (extract it first: `mer extract {feature_sets[modality]}`)"
+                )
             if require_all_modalities:
                 raise PipelineError(f"{folder}: no {modality} feature store, and the model needs {modality} features")
             dropped[modality] = f"no feature store at {folder}"

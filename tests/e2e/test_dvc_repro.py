@@ -28,6 +28,7 @@ from pipeline.formats.manifest import manifest_metadata, read_manifest
 
 BIN = Path(sys.executable).parent
 LOSO = Path("protocols/iemocap-loso/dvc.yaml")
+FEATURE_SETS = ("text", "audio", "audio_egemaps", "face")  # params.yaml's extract sections, in order
 pytestmark = pytest.mark.slow
 
 
@@ -221,7 +222,7 @@ def test_lineage_of_the_demo_metrics_is_whole_and_agrees_with_dvc_lock(project):
         }
         for modality in ("text", "audio", "face"):
             store = links[f"data/features/{corpus}/{modality}"]
-            assert store["stage"] == f"extract@{corpus}-{modality}"
+            assert store["stage"] == f"extract_{corpus}@{modality}" and store["facts"]["feature set"] == modality
             # the params the store recorded are the ones dvc.lock holds for the stage that made it
             locked = lock[store["stage"]]["params"]["params.yaml"][f"extract.{modality}"]
             assert {k: v for k, v in store["facts"]["params"].items() if k in locked} == {
@@ -288,7 +289,7 @@ def test_a_cp_a_copy_of_the_project_extracts_its_own_clips_and_passes_lineage(pr
     store = "data/features/meld/audio"
     with tampered(project / "data/demo/MELD.Raw" / row["audio_path"], b"not an mp4"):
         shutil.rmtree(copy / store)  # a persisted store would otherwise be resumed, reading nothing
-        run(["dvc", "repro", "--single-item", "extract@meld-audio"], copy)
+        run(["dvc", "repro", "--single-item", "extract_meld@audio"], copy)
         assert store_files(copy / store) == store_files(project / store)
         code, text, chain = lineage(copy)
         assert code == 0 and chain["broken"] == [], text
@@ -322,7 +323,7 @@ def test_changing_audio_settings_reruns_only_the_audio_stages(project):
     with edited_params(project, "pooling: mean_std", "pooling: mean"):
         status = run(["dvc", "status"], project).stdout
         stages = {line.rstrip(":").strip() for line in status.splitlines() if line and not line.startswith(("\t", " "))}
-        assert stages == {"extract@meld-audio", "extract@iemocap-audio"}, status
+        assert stages == {"extract_meld@audio", "extract_iemocap@audio"}, status
         run(["dvc", "repro"], project)
         assert {p: p.stat().st_mtime_ns for p in untouched} == untouched
         audio = FeatureStoreReader(project / "data/features/meld/audio")
@@ -334,18 +335,36 @@ def test_changing_audio_settings_reruns_only_the_audio_stages(project):
     assert "changed" not in run(["dvc", "status"], project).stdout  # restored for the next test
 
 
+def test_choosing_another_audio_feature_set_retrains_without_reextracting(project):
+    """`train.features.audio`: the eGeMAPS store the demo already built replaces the wav2vec2 one."""
+    with edited_params(project, "    audio: audio                  #", "    audio: audio_egemaps          #"):
+        trained = {"train@meld", "train@iemocap", "evaluate@meld", "evaluate@iemocap", "report@meld", "report@iemocap"}
+        assert stale_stages(project) == trained | LOSO_TRAIN  # no extract stage: both stores exist
+        run(["dvc", "repro", "report@meld"], project)
+        record = json.loads((project / "data/train/meld/best/checkpoint.json").read_text())
+        assert record["train_config"]["features"]["audio"] == "audio_egemaps"
+        assert record["model_config"]["input_dims"]["audio"] == 88  # eGeMAPSv02 functionals
+        code, text, chain = lineage(project, "data/eval/meld/metrics.json")
+        assert code == 0 and chain["broken"] == [], text
+        store = {link["path"]: link for link in chain["links"]}["data/features/meld/audio_egemaps"]
+        assert store["stage"] == "extract_meld@audio_egemaps" and store["facts"]["feature set"] == "audio_egemaps"
+        assert store["facts"]["extractor"] == "opensmile v1"
+        assert "audio_egemaps" in (project / "data/report/meld/report.md").read_text()
+    assert "changed" not in run(["dvc", "status"], project).stdout
+
+
 def test_changing_one_corpus_params_reruns_only_its_branch(project):
     with edited_params(project, "label_policy: benchmark", "label_policy: four-class"):
         status = run(["dvc", "status"], project).stdout
         assert "prepare@iemocap" in status
-        assert "prepare@meld" not in status and "demo_corpus" not in status and "extract@meld" not in status
+        assert "prepare@meld" not in status and "demo_corpus" not in status and "extract_meld" not in status
         run(["dvc", "repro", "--single-item", "prepare@iemocap"], project)
         summary = json.loads((project / "data/prepared/iemocap/summary.json").read_text())
         assert summary["label_policy"] == "four-class"
         assert list(summary["label_map"]) == ["ang", "hap", "sad", "neu"]
         downstream = run(["dvc", "status"], project).stdout  # the new manifest invalidates its extract stages
-        assert all(f"extract@iemocap-{m}" in downstream for m in ("text", "audio", "face")), downstream
-        assert "extract@meld" not in downstream
+        assert all(f"extract_iemocap@{s}" in downstream for s in FEATURE_SETS), downstream
+        assert "extract_meld" not in downstream
     assert "changed" not in run(["dvc", "status"], project).stdout
 
 
@@ -355,7 +374,8 @@ def test_changing_one_corpus_params_reruns_only_its_branch(project):
 def test_every_stage_depends_on_exactly_the_project_modules_its_command_loaded(project):
     """What each `mer` command really imported during `dvc repro` against its stage's deps in dvc.yaml."""
     stages = dvc_stages(project)
-    assert len(stages) == 16 + 6  # the main pipeline, and the LOSO protocol (5 folds + aggregate)
+    # the main pipeline (one extract stage per feature set and corpus), and the LOSO protocol (5 folds + aggregate)
+    assert len(stages) == 10 + 2 * len(FEATURE_SETS) + 6
     loaded = read_module_log(module_log(project))
     missing = missing_code_deps(stages, loaded)
     # and no more: a dep on a module the command never loads would mark the stage stale for nothing
@@ -376,7 +396,7 @@ def test_the_deps_check_names_a_removed_dep(project, tmp_path):
     assert dvc_yaml.count("      - extractors/base.py\n") == 1
     (copy / "dvc.yaml").write_text(dvc_yaml.replace("      - extractors/base.py\n", ""))
     problems = missing_code_deps(dvc_stages(copy), read_module_log(module_log(project)))
-    extract_stages = {f"extract@{c}-{m}" for c in ("meld", "iemocap") for m in ("text", "audio", "face")}
+    extract_stages = {f"extract_{c}@{s}" for c in ("meld", "iemocap") for s in FEATURE_SETS}
     assert set(problems) == extract_stages
     assert all(problems[s] == ["extractors/base.py"] for s in extract_stages), problems
 
@@ -387,14 +407,16 @@ LAYER_PROBES = {
     "pipeline/cli.py": None,
     "pipeline/core/errors.py": None,
     "pipeline/formats/feature_store.py": {
-        *(f"extract@{c}-{m}" for c in ("meld", "iemocap") for m in ("text", "audio", "face")),
+        *(f"extract_{c}@{s}" for c in ("meld", "iemocap") for s in FEATURE_SETS),
         "train@meld", "train@iemocap", "evaluate@meld", "evaluate@iemocap",
         "report@meld", "report@iemocap",  # the report reads the stores' index.json (INDEX_FILE)
         *LOSO_TRAIN,
     },
     "pipeline/corpora/meld.py": {"prepare@meld"},
     "pipeline/demo/media.py": {"demo_corpus"},
-    "extractors/audio.py": {"extract@meld-audio", "extract@iemocap-audio"},
+    # a modality's shared module: every set of that modality; an extractor's own module: its sets only
+    "extractors/audio.py": {f"extract_{c}@{s}" for c in ("meld", "iemocap") for s in ("audio", "audio_egemaps")},
+    "extractors/opensmile.py": {"extract_meld@audio_egemaps", "extract_iemocap@audio_egemaps"},
     "model/cmath.py": {"train@meld", "train@iemocap", "evaluate@meld", "evaluate@iemocap", *LOSO_TRAIN},
     "pipeline/training/loop.py": {"train@meld", "train@iemocap", "evaluate@meld", "evaluate@iemocap", *LOSO_TRAIN},
     "pipeline/stages/report.py": {"report@meld", "report@iemocap"},

@@ -102,6 +102,25 @@ def test_padding_in_a_batch_leaves_each_feature_unchanged(tiny_models) -> None:
             torch.testing.assert_close(batched[d.utterance_id], alone, rtol=1e-4, atol=1e-5)
 
 
+def test_roberta_positions_start_after_the_padding_index_whatever_the_padding_side(tiny_models) -> None:
+    """RoBERTa numbers its tokens from pad_token_id + 1 = 2; the extractor passes those positions
+    explicitly, so a left-padded batch gives the model the same positions as a right-padded one."""
+    extractor = make(tiny_models["text"], context_window=2)
+    extractor.plan(DIALOGUE)
+    decoded = [decode_one(extractor, r) for r in DIALOGUE]
+    seen: list[dict] = []
+    extractor.model.register_forward_pre_hook(lambda _m, _a, kwargs: seen.append(kwargs), with_kwargs=True)
+    features = {}
+    for side in ("right", "left"):
+        extractor.tokenizer.padding_side = side
+        with torch.inference_mode():
+            features[side] = torch.stack([e.feature for e in extractor.encode(decoded)])
+        positions, attention = seen[-1]["position_ids"], seen[-1]["attention_mask"].bool()
+        for i, d in enumerate(decoded):
+            assert positions[i][attention[i]].tolist() == list(range(2, 2 + len(d.data.input_ids)))
+    torch.testing.assert_close(features["left"], features["right"], rtol=1e-4, atol=1e-5)
+
+
 def test_context_truncation_is_flagged_and_keeps_the_most_recent_context(tiny_models) -> None:
     extractor = make(tiny_models["text"], context_window=5, max_tokens=24)
     extractor.plan(DIALOGUE)
@@ -145,7 +164,7 @@ def test_settings_the_model_cannot_honour_are_clear_errors(tiny_models, override
 
 def test_bad_config_values_are_rejected_at_the_edge() -> None:
     for bad, message in (
-        ({"pooling": "max"}, r"extract\.text\.pooling: must be one of 'mean', 'cls', got 'max'"),
+        ({"pooling": "max"}, r"extract\.text\.pooling: must be one of 'mean', 'cls', 'last', got 'max'"),
         ({"layers": []}, r"extract\.text\.layers: must name at least one hidden layer"),
         ({"context_window": -1}, r"extract\.text\.context_window: must be 0 or more, got -1"),
     ):

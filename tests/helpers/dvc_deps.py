@@ -20,7 +20,7 @@ CODE_ROOTS = ("pipeline", "extractors", "model")  # the project's packages: deps
 
 @dataclass(frozen=True)
 class Stage:
-    name: str  # e.g. "extract@meld-text"
+    name: str  # e.g. "extract_meld@text"
     argv: tuple[str, ...]  # the command's arguments after `mer`
     deps: tuple[str, ...]  # project-relative paths
 

@@ -239,6 +239,28 @@ def test_positional_encoding_is_what_makes_utterance_order_matter(positional):
     assert same is not positional
 
 
+def test_relative_positions_start_as_plain_attention_and_their_bias_orders_the_turns():
+    """Zero-initialised, the distance bias changes nothing; learned, it lets order matter without any
+    absolute position (the sinusoid, speakers and the convolutional reconstruction all off)."""
+    order_blind = dict(use_positional_encoding=False, use_speaker_embedding=False, use_reconstruction=False)
+    plain = tiny_model(**order_blind, use_relative_positions=False).eval()
+    relative = tiny_model(**order_blind, use_relative_positions=True, max_relative_distance=2).eval()
+    missing = relative.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all("relative_bias" in name for name in missing)
+    batch = make_batch(lengths=(6,), missing_rate=0.0)
+    torch.testing.assert_close(relative(batch).logits, plain(batch).logits)
+    order = torch.tensor([3, 0, 5, 1, 4, 2])
+    shuffled = DialogueBatch({m: f[:, order] for m, f in batch.features.items()},
+                             {m: a[:, order] for m, a in batch.available.items()},
+                             batch.speakers[:, order], batch.mask[:, order], batch.labels[:, order], [[]])
+    with torch.no_grad():
+        for name, parameter in relative.named_parameters():
+            if "relative_bias" in name:  # [2 * 2 + 1 distances, heads]: attend to the previous turn
+                parameter.zero_()[1] = 8.0
+    assert not torch.allclose(relative(batch).logits[:, order], relative(shuffled).logits, atol=1e-4)
+    torch.testing.assert_close(plain(batch).logits[:, order], plain(shuffled).logits, atol=1e-5, rtol=1e-5)
+
+
 def test_unlabeled_batch_gives_only_unsupervised_terms_and_no_total():
     output = tiny_model()(make_batch(labeled=False))
     assert output.loss is None
@@ -267,6 +289,7 @@ ABLATIONS = [
     (dict(use_logit_distillation=False, use_unimodal_losses=False), {"kd", "uni"}, "modality_classifiers."),
     (dict(use_feature_distillation=False), {"feat"}, "feature_projections."),
     (dict(use_speaker_embedding=False), set(), "speaker_embedding."),
+    (dict(use_relative_positions=False), set(), "relative_bias."),
 ]
 
 
@@ -459,7 +482,9 @@ def test_poe_unavailable_expert_is_the_same_as_omitting_it():
 
 
 @pytest.mark.parametrize(
-    "overrides", [{}, {"fusion": "concat", "use_cross_modal_attention": False}], ids=["default", "ablated"]
+    "overrides",
+    [{}, {"fusion": "concat", "use_cross_modal_attention": False}, {"use_relative_positions": True}],
+    ids=["default", "ablated", "relative_positions"],
 )
 def test_logits_of_real_utterances_do_not_depend_on_padding(overrides):
     model = tiny_model(**overrides).eval()
@@ -511,6 +536,8 @@ def test_eval_is_deterministic_and_train_samples_the_fused_representation():
         (dict(class_weights=[1.0, 2.0]), "class_weights has 2 entries but num_classes is 4"),
         (dict(class_weights=[1.0, -1.0, 1.0, 1.0]), "class_weights must be finite numbers >= 0"),
         (dict(use_reconstruction="no"), "use_reconstruction must be true or false"),
+        (dict(use_relative_positions="yes"), "use_relative_positions must be true or false"),
+        (dict(max_relative_distance=0), "max_relative_distance must be a positive integer"),
     ],
 )
 def test_invalid_config_raises_a_clear_error(overrides, message):

@@ -225,11 +225,17 @@ def test_every_section_of_the_project_params_loads() -> None:
     params = PROJECT_ROOT / "params.yaml"
     assert isinstance(load_section(params, "demo", DemoConfig), DemoConfig)
     assert isinstance(load_section(params, "evaluate", EvaluateConfig), EvaluateConfig)
-    for modality in MODALITIES:
-        _, config = extractor_config(modality, load_section(params, f"extract.{modality}"), f"{params}:extract.{modality}")
-        assert config.batch_size >= 1
+    sets = load_section(params, "extract")
+    for name, section in sets.items():
+        # dvc.yaml's extract stages read `modality` and `extractor` of every set for its code deps
+        assert section.get("modality") in MODALITIES and section.get("extractor"), name
+        cls, config = extractor_config(name, section, f"{params}:extract.{name}")
+        assert cls.modality == config.modality == section["modality"] and config.batch_size >= 1
     for corpus in ("meld", "iemocap"):
-        assert set(load_train_config(params, corpus).modalities) <= set(MODALITIES)
+        config = load_train_config(params, corpus)
+        assert set(config.modalities) <= set(MODALITIES)
+        for modality in MODALITIES:  # dvc.yaml's train deps name the store of every modality
+            assert sets[config.features[modality]]["modality"] == modality
     assert set(DEFAULT_EXTRACTORS) == set(MODALITIES)  # every modality has an extractor, and only those
 
 

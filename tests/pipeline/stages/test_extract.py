@@ -110,6 +110,55 @@ def test_runtime_settings_keep_the_store_and_content_settings_redo_it(prepared_d
     assert FeatureStoreReader(out).metadata["params"]["pooling"] == "cls"
 
 
+def test_a_changed_extractor_code_redoes_every_shard(prepared_demo, tiny_models, tmp_path: Path, monkeypatch) -> None:
+    """The store records its extractor's code hash: an edit to that code redoes the shards, not only
+    reruns the stage (which, under DVC, would otherwise keep every shard of an unchanged version)."""
+    import pipeline.stages.extract as stage
+
+    out = tmp_path / "store"
+    extract_features("text", prepared_demo["meld"], out, text_section(tiny_models))
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*")}
+    extract_features("text", prepared_demo["meld"], out, text_section(tiny_models))
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*")} == stamps  # same code: kept
+    monkeypatch.setattr(stage, "code_sha256", lambda cls: "0" * 64)  # as if extractors/hf_text.py were edited
+    extract_features("text", prepared_demo["meld"], out, text_section(tiny_models))
+    assert all(p.stat().st_mtime_ns != stamps[p.name] for p in out.glob("shard-*"))
+    assert FeatureStoreReader(out).metadata["code_sha256"] == "0" * 64
+
+
+def test_the_code_hash_follows_statements_not_comments_or_docstrings(tmp_path: Path, monkeypatch) -> None:
+    from extractors.base import code_modules, code_sha256, get_extractor, modules_code_sha256
+
+    module = tmp_path / "mer_code_probe.py"
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module.write_text('"""Doc."""\n\ndef f(x):\n    """Doc."""\n    return x + 1\n')
+    first = modules_code_sha256(["mer_code_probe"])
+    module.write_text('"""Other doc."""\n# a comment\n\n\ndef f(x):  # why\n    return x + 1\n')
+    assert modules_code_sha256(["mer_code_probe"]) == first
+    module.write_text('"""Doc."""\n\ndef f(x):\n    """Doc."""\n    return x + 2\n')
+    assert modules_code_sha256(["mer_code_probe"]) != first
+    with pytest.raises(PipelineError, match="mer_no_such_module"):
+        modules_code_sha256(["mer_no_such_module"])
+    # an extractor's code: its modality's shared module, then its own (its DVC stage's code deps)
+    assert code_modules(get_extractor("tfidf")) == ["extractors.text", "extractors.tfidf"]
+    assert code_sha256(get_extractor("tfidf")) == modules_code_sha256(["extractors.text", "extractors.tfidf"])
+
+
+def test_a_named_feature_set_records_its_name_and_needs_its_modality(prepared_demo, tmp_path: Path) -> None:
+    out = tmp_path / "text_tfidf"
+    report = extract_features("text_tfidf", prepared_demo["meld"], out, tfidf_section(modality="text"))
+    store = FeatureStoreReader(out).metadata
+    assert store["feature_set"] == "text_tfidf" and store["modality"] == "text" and store["extractor"] == "tfidf"
+    assert report["store"]["feature_set"] == "text_tfidf"
+    with pytest.raises(PipelineError, match=r"extract\.text_tfidf\.modality: missing; feature set 'text_tfidf' must say"):
+        extract_features("text_tfidf", prepared_demo["meld"], tmp_path / "other", tfidf_section())
+    with pytest.raises(PipelineError, match=r"extract\.text_tfidf\.modality: must be one of text, audio, face, got 'txt'"):
+        extract_features("text_tfidf", prepared_demo["meld"], tmp_path / "other", tfidf_section(modality="txt"))
+    with pytest.raises(PipelineError, match="makes text features, not audio"):
+        extract_features("audio_tfidf", prepared_demo["meld"], tmp_path / "other", tfidf_section(modality="audio"))
+    assert not (tmp_path / "other").exists()
+
+
 def test_missing_manifest_and_moved_raw_root_are_clear_errors(prepared_demo, tiny_models, tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="manifest not found"):
         extract_features("text", tmp_path / "nothing", tmp_path / "out", text_section(tiny_models))

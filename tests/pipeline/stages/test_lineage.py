@@ -71,11 +71,11 @@ def test_a_missing_store_is_broken_and_says_how_to_get_it_back(run, tmp_path, ca
     # in a DVC project without a remote, the hint says how to add one
     (copy / ".dvc").mkdir()
     (copy / ".dvc/config").write_text("[core]\n    autostage = true\n")
-    (copy / "dvc.lock").write_text("schema: '2.0'\nstages:\n  extract@meld-audio:\n    cmd: mer extract audio\n"
+    (copy / "dvc.lock").write_text("schema: '2.0'\nstages:\n  extract_meld@audio:\n    cmd: mer extract audio\n"
                                    "    outs:\n    - path: features/meld/audio\n")
     assert not remote_configured(copy)
     [message] = trace([copy / "train/best"], project=copy).broken
-    assert "`dvc pull extract@meld-audio`" in message and "`dvc remote add -d <name> <url>`" in message
+    assert "`dvc pull extract_meld@audio`" in message and "`dvc remote add -d <name> <url>`" in message
     (copy / ".dvc/config").write_text("[core]\n    remote = store\n['remote \"store\"']\n    url = /somewhere\n")
     assert remote_configured(copy)
     assert "remote add" not in trace([copy / "train/best"], project=copy).broken[0]

@@ -286,7 +286,7 @@ def test_missing_eval_folder_is_a_one_line_error(run, tmp_path, capsys):
 def test_missing_store_report_names_the_extract_stage(run, tmp_path):
     from pipeline.core.errors import PipelineError
 
-    with pytest.raises(PipelineError, match=r"text/report.json not found: run `dvc repro extract@meld-text`"):
+    with pytest.raises(PipelineError, match=r"text/report.json not found: run `dvc repro extract_meld@text`"):
         write_run_report("meld", run["prepared"], tmp_path / "features", run["train"], run["eval"], tmp_path / "out")
 
 

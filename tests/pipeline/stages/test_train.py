@@ -28,6 +28,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.formats.feature_store import FeatureStoreReader
 from pipeline.core.fingerprint import sha256_file
 from pipeline.formats.manifest import MANIFEST_FILE, manifest_metadata, read_manifest, write_manifest
+from pipeline.formats.run_files import BEST_DIR
 from tests.helpers.train_corpus import LABELS, make_corpus
 
 SMALL = TrainConfig(
@@ -123,6 +124,41 @@ def test_utterances_without_a_usable_label_are_counted_and_ignored(tmp_path):
 # ---------------------------------------------------------------------------------------------------
 # params
 # ---------------------------------------------------------------------------------------------------
+
+
+def _params(tmp_path: Path, train_section: dict) -> Path:
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"train": train_section}))
+    return params
+
+
+def test_train_features_choose_each_modalitys_store_and_a_wrong_choice_is_named(tmp_path, capsys):
+    """`train.features` reads a modality from the store of another feature set, e.g. eGeMAPS audio."""
+    import shutil
+
+    prepared, features = make_corpus(tmp_path, dialogues={"train": 6, "dev": 3, "test": 3})
+    shutil.move(features / "audio", features / "audio_other")
+    config = replace(SMALL, epochs=1, features={"audio": "audio_other"})
+    out = tmp_path / "run"
+    train("meld", prepared, features, out, config, **QUIET)
+    record = json.loads((out / BEST_DIR / "checkpoint.json").read_text())
+    assert record["train_config"]["features"] == {"audio": "audio_other"} and "audio" in record["modalities"]
+    assert record["data"]["stores"]["audio"]["folder"].endswith("audio_other")
+    # a set of another modality, and a name that is a path, are refused where they are written
+    with pytest.raises(PipelineError, match=r"features/meld/text: holds text features, not audio \(check train.features\)"):
+        load_corpus(prepared, features, ["audio"], feature_sets={"audio": "text"})
+    code = main(["train", "--corpus", "meld", "--prepared", str(prepared), "--features", str(features), "--out",
+                 str(tmp_path / "none"), "--params", str(_params(tmp_path, {"features": {"audio": "audio_nope"}}))])
+    err = capsys.readouterr().err
+    assert code == 2 and not (tmp_path / "none" / "best").exists() and err.count("\n") == 1
+    assert "no store of feature set 'audio_nope', which train.features.audio names" in err
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"train": {"features": {"audio": "../audio"}}}))
+    with pytest.raises(PipelineError, match=r"train\.features\.audio: must be a feature set's name"):
+        load_train_config(params, "meld")
+    params.write_text(yaml.safe_dump({"train": {"meld": {"features": {"audio": "audio_other"}}}}))
+    with pytest.raises(PipelineError, match=r"train\.meld\.features: the feature sets are chosen for every corpus"):
+        load_train_config(params, "meld")
 
 
 def test_params_yaml_train_section_loads_for_both_corpora_with_overrides():
