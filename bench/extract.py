@@ -183,8 +183,17 @@ def prepare_inputs(work: Path, sizes: list[int]) -> dict[int, Path]:
 
 
 def peak_rss_mb() -> tuple[float, float]:
-    """Peak RSS of this process and of its largest child (decode workers), in MiB."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak RSS of this process and of its largest child (decode workers), in MiB.
+
+    This process's own is VmHWM, the peak of its own address space: its `ru_maxrss` would be at
+    least the peak of the parent that started it, which Linux carries across fork and exec (every
+    tiny run read the same 720 MiB, the bench parent's). The workers' figure is `ru_maxrss`, so it
+    is at least what this process held when it forked them (their pages are shared copy-on-write)."""
+    try:
+        with open("/proc/self/status") as status:
+            own = next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError):  # not Linux
+        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return own, child
 
