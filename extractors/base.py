@@ -53,6 +53,7 @@ import torch
 from pipeline.core.errors import PipelineError, one_line
 from pipeline.core.fingerprint import sha256_file
 from pipeline.core.params import ParamError, require_choice
+from pipeline.core.torchvision_compat import ensure_torchvision_ops
 from pipeline.formats.feature_store import FittedState  # the fit step's result, as the store saves it
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -335,6 +336,7 @@ def load_pretrained(role: str, model_id: str, load: Callable[..., T], param_key:
     answers within a few seconds, so an offline machine fails at once instead of after minutes of
     retries.
     """
+    ensure_torchvision_ops()  # transformers' model modules import torchvision (see the shim)
     _quiet_transformers()
     local = Path(model_id).expanduser()
     if local.exists():
