@@ -13,15 +13,12 @@ from extractors.base import Decoded
 from extractors.hf_text import HFTextConfig, HFTextExtractor
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import section_to_dataclass
+from tests.helpers import text_row as row
 
 
 def make(model: Path, **overrides) -> HFTextExtractor:
     config = HFTextConfig(model=str(model), num_workers=0, **{"layers": [-1], **overrides})
     return HFTextExtractor(config, Path("."), torch.device("cpu"))
-
-
-def row(uid: str, turn: int, text: str, speaker: str = "Ross", dialogue: str = "d1") -> dict:
-    return {"utterance_id": uid, "dialogue_id": dialogue, "turn_index": turn, "speaker": speaker, "text": text, "has_text": bool(text)}
 
 
 DIALOGUE = [

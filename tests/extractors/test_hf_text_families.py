@@ -19,6 +19,7 @@ import torch
 from extractors.base import Decoded
 from extractors.hf_text import FAMILIES, HFTextConfig, HFTextExtractor
 from pipeline.core.errors import PipelineError
+from tests.helpers import text_row as row
 from tests.helpers.tiny_text_models import BUILDERS, MAX_TOKENS, build_deberta_v2
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -29,10 +30,6 @@ ENCODERS = ["bert", "electra", "deberta-v2", "deberta-v2-abs", "roberta", "xlm-r
 DECODERS = ["gpt2", "llama", "qwen2"]
 ALL = ENCODERS + DECODERS
 LOWERCASE = {"bert", "electra"}  # their WordPiece tokenizers lowercase
-
-
-def row(uid: str, turn: int, text: str, speaker: str = "Ross", dialogue: str = "d1") -> dict:
-    return {"utterance_id": uid, "dialogue_id": dialogue, "turn_index": turn, "speaker": speaker, "text": text, "has_text": bool(text)}
 
 
 DIALOGUE = [

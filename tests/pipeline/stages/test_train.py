@@ -369,8 +369,7 @@ def test_another_model_with_the_same_settings_does_not_resume(corpus, tmp_path):
 
 def _train_cli(corpus, tmp_path: Path, train_section: dict) -> tuple[int, Path, Path]:
     """`mer train` with a params file holding `train_section`: (exit code, params file, --out)."""
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"train": train_section}))
+    params = _params(tmp_path, train_section)
     out = tmp_path / "out"
     code = main(["train", "--corpus", "meld", "--prepared", str(corpus[0]), "--features", str(corpus[1]),
                  "--out", str(out), "--params", str(params)])
