@@ -63,6 +63,7 @@ from pipeline.core.torchvision_compat import ensure_torchvision_ops
 ensure_torchvision_ops()
 
 MODES = ("loop", "pipeline", "model")
+MODE_LABELS = {"loop": "(a) loop", "pipeline": "(b) pipeline", "model": "(c) model"}
 # the real checkpoints' shapes, random weights (roberta-base: 12 x 768; wav2vec2-base: 12 x 768)
 BASE_ROBERTA = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
 BASE_WAV2VEC2 = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
@@ -359,17 +360,39 @@ def audio_seconds_of(manifest: Path) -> list[float]:
     return [audio_seconds(row) for row in read_manifest(manifest)]
 
 
-def table(results: list[dict[str, Any]]) -> str:
-    lines = ["| modality | utterances | (a) loop utt/s | (b) pipeline utt/s | (c) model utt/s | (b)/(a) | (b)/(c) "
-             "| peak RSS MiB a / b (+worker) / c |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+def table(results: list[dict[str, Any]], modes: list[str]) -> str:
+    """One row per (modality, size): each mode's utterances/s, the speed ratios of the modes run, peak RSS."""
+    header = ["modality", "utterances", *(f"{MODE_LABELS[m]} utt/s" for m in modes)]
+    ratios = [(x, y) for x, y in (("pipeline", "loop"), ("pipeline", "model")) if x in modes and y in modes]
+    header += [f"{MODE_LABELS[x][:3]}/{MODE_LABELS[y][:3]}" for x, y in ratios]
+    header.append("peak RSS MiB " + " / ".join(MODE_LABELS[m][:3] + (" (+worker)" if m == "pipeline" else "") for m in modes))
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
-        a, b, c = (r[m] for m in MODES)
-        lines.append(
-            f"| {r['modality']} | {r['size']} | {a['utt_per_s']:.1f} | {b['utt_per_s']:.1f} | {c['utt_per_s']:.1f} "
-            f"| {b['utt_per_s'] / a['utt_per_s']:.2f} | {b['utt_per_s'] / c['utt_per_s']:.2f} "
-            f"| {a['peak_rss_mb']:.0f} / {b['peak_rss_mb']:.0f} (+{b['peak_worker_rss_mb']:.0f}) / {c['peak_rss_mb']:.0f} |"
-        )
+        cells = [r["modality"], str(r["size"]), *(f"{r[m]['utt_per_s']:.1f}" for m in modes)]
+        cells += [f"{r[x]['utt_per_s'] / r[y]['utt_per_s']:.2f}" for x, y in ratios]
+        cells.append(" / ".join(
+            f"{r[m]['peak_rss_mb']:.0f}" + (f" (+{r[m]['peak_worker_rss_mb']:.0f})" if m == "pipeline" else "")
+            for m in modes
+        ))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def memory_ratios(results: list[dict[str, Any]], modes: list[str], sizes: list[int]) -> str:
+    """Peak RSS at the larger corpus size over the smaller one, per modality and mode: flat is ~1.00
+    (issue target: within 1.15). The pipeline's decode workers count too (their own peak)."""
+    small, large = sorted(sizes)
+    by = {(r["modality"], r["size"]): r for r in results}
+    lines = [f"peak RSS at {large} / at {small} utterances:"]
+    for modality in dict.fromkeys(r["modality"] for r in results):
+        parts = []
+        for m in modes:
+            a, b = by[(modality, small)][m], by[(modality, large)][m]
+            part = f"{MODE_LABELS[m]} {b['peak_rss_mb'] / a['peak_rss_mb']:.2f}"
+            if m == "pipeline":
+                part += f" (worker {b['peak_worker_rss_mb'] / max(a['peak_worker_rss_mb'], 1):.2f})"
+            parts.append(part)
+        lines.append(f"  {modality}: " + ", ".join(parts))
     return "\n".join(lines)
 
 
@@ -385,6 +408,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path,
                         help="scratch folder (default: a temporary one); the corpus and models in it are reused")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                        help="which of (a) loop, (b) pipeline, (c) model to run (default: all three)")
     parser.add_argument("--audio-batching", action="store_true",
                         help="measure the audio extractor's padded batching (batch 1 vs --batch-sizes) instead")
     parser.add_argument("--batching-model", choices=["wav2vec2", "wavlm"], default="wav2vec2")
@@ -413,7 +438,7 @@ def main() -> None:
     for modality in args.modalities:
         for size in args.sizes:
             row: dict[str, Any] = {"modality": modality, "size": size}
-            for mode in MODES:
+            for mode in args.modes:
                 cmd = [sys.executable, __file__, "--_one", mode, modality, str(manifests[size]), json.dumps(config[modality])]
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode:
@@ -423,7 +448,9 @@ def main() -> None:
                       f"peak RSS {row[mode]['peak_rss_mb']:.0f} MiB", flush=True)
             results.append(row)
     print(f"\nmodels: {args.model_size}; pipeline decode workers: {args.workers}; machine: {machine()}\n")
-    print(table(results))
+    print(table(results, args.modes))
+    print()
+    print(memory_ratios(results, args.modes, args.sizes))
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "model_size": args.model_size, "results": results}, indent=2))
 

@@ -392,6 +392,22 @@ def _quiet_transformers() -> None:
         hf_logging.disable_progress_bar()
 
 
+# oneDNN, which runs torch's CPU convolutions, caches the kernel it builds for each input shape (1024
+# of them by default). Speech gives a new shape per utterance, so with wav2vec2-base the cache alone
+# held the extract stage at 3.9 GiB from 100 utterances on (bench/extract.py), against ~1 GiB for the model and
+# one forward (README "Benchmarks", Memory). A small cache keeps the reuse that fixed shapes
+# (face crops, padded text batches) get and bounds the rest; kernels, and so features, are the same.
+ONEDNN_CACHE_CAPACITY = 32
+ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+
+
+def bound_kernel_cache(capacity: int = ONEDNN_CACHE_CAPACITY) -> str:
+    """Cap oneDNN's kernel cache, unless the user set ONEDNN_PRIMITIVE_CACHE_CAPACITY; returns the
+    capacity in force. oneDNN reads it when it builds its first kernel, so call this before any
+    model runs in the process (the extract stage does, before it loads the model)."""
+    return os.environ.setdefault(ONEDNN_CACHE_ENV, str(capacity))
+
+
 def cpu_threads() -> int:
     """Cores this process may use (respects taskset / cgroup CPU affinity)."""
     try:

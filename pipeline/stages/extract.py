@@ -41,6 +41,7 @@ from extractors.base import (
     Extractor,
     ExtractorConfig,
     FittedState,
+    bound_kernel_cache,
     code_sha256,
     cpu_threads,
     extractor_for,
@@ -128,6 +129,7 @@ def build_extractor(feature_set: str, section: dict[str, Any] | None, raw_root: 
     cls, config = extractor_config(feature_set, section, where)
     device = resolve_device(config.device)
     torch.set_num_threads(cpu_threads())
+    bound_kernel_cache()  # before the model first runs: memory flat in corpus size (extractors/base.py)
     return cls(config, raw_root, device)
 
 

@@ -303,3 +303,26 @@ def test_lineage_shows_the_fitted_state_and_an_edited_one_is_a_broken_link(meld_
     state.unlink()
     [broken] = trace([store], project=tmp_path).broken
     assert "fitted.safetensors recorded in index.json is missing" in broken
+
+
+@pytest.mark.parametrize("user_value, in_force", [(None, "32"), ("7", "7")])
+def test_the_stage_caps_onednn_kernel_cache_before_the_model_runs_unless_the_user_set_it(
+    tiny_models, prepared_demo, user_value, in_force
+) -> None:
+    # oneDNN keeps a kernel per input shape (1024 by default), which grew wav2vec2-base extraction to
+    # ~3.9 GiB; it reads the cap when it builds its first kernel, so it must be set before any forward
+    check = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from pipeline.stages.extract import build_extractor\n"
+        "build_extractor('audio', {'model': sys.argv[1], 'device': 'cpu'}, Path(sys.argv[2]), 'test')\n"
+        "print(os.environ.get('ONEDNN_PRIMITIVE_CACHE_CAPACITY'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    if user_value is not None:
+        env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = user_value
+    root = raw_root_of(prepared_demo["meld"], manifest_metadata(prepared_demo["meld"] / MANIFEST_FILE))
+    done = subprocess.run([sys.executable, "-c", check, str(tiny_models["audio"]), str(root)], env=env,
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == in_force
